@@ -1,0 +1,17 @@
+// The one place that declares the operator schemas of the `fgreid` namespace.
+// Kernels register per backend in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; Triton
+// kernels register from fgreid_ops/triton/<op>.py; fakes and autograd live in
+// fgreid_ops/ops/<op>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fgreid, m) {
+  // GeM pooling (SPEC §1). grad_p_rows is dL/dp per (n, c) row, reduced to p's shape in Python.
+  m.def("gem(Tensor x, Tensor p, float eps) -> Tensor");
+  m.def(
+      "gem_backward(Tensor grad_out, Tensor x, Tensor p, Tensor out, float eps, bool need_grad_p)"
+      " -> (Tensor grad_x, Tensor grad_p_rows)");
+  m.def("gem_triton(Tensor x, Tensor p, float eps) -> Tensor");
+  m.def(
+      "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, Tensor out, float eps, bool need_grad_p)"
+      " -> (Tensor grad_x, Tensor grad_p_rows)");
+}

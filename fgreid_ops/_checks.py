@@ -1,0 +1,53 @@
+"""The one place for input checks on the Python side. Messages match csrc/include/fgreid_ops/checks.h
+("fgreid_ops.<op>: expected <arg> ..."). They use torch._check_* so the same call works in eager,
+in fake/meta tensors and under torch.compile, and is not stripped by `python -O` like `assert`."""
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensor(op: str, arg: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_float_dtype(op: str, arg: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"fgreid_ops.{op}: expected {arg} to be float32, float16, bfloat16 or float64, got {t.dtype}"
+        )
+
+
+def check_dim(op: str, arg: str, t: torch.Tensor, dim: int, layout: str) -> None:
+    torch._check_value(t.dim() == dim, lambda: f"fgreid_ops.{op}: expected {arg} to be {dim}-D {layout}, got {t.dim()}-D")
+
+
+def check_same_device(op: str, arg: str, t: torch.Tensor, ref_arg: str, ref: torch.Tensor) -> None:
+    torch._check_value(
+        t.device == ref.device,
+        lambda: f"fgreid_ops.{op}: expected {arg} on the same device as {ref_arg} ({ref.device}), got {t.device}",
+    )
+
+
+def check_nonempty_batch(op: str, arg: str, t: torch.Tensor) -> None:
+    torch._check_value(t.shape[0] != 0, lambda: f"fgreid_ops.{op}: expected {arg} to have a non-empty batch, got N=0")
+
+
+def check_nonempty(op: str, arg: str, t: torch.Tensor) -> None:
+    torch._check_value(t.numel() != 0, lambda: f"fgreid_ops.{op}: expected {arg} to be non-empty, got shape {list(t.shape)}")
+
+
+def check_positive(op: str, arg: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} > 0, got {value}")
+
+
+def check_choice(op: str, arg: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} to be one of {sorted(choices)}, got {value!r}")
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """The layout rule the C++ kernels follow (checks.h is_channels_last_4d)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)

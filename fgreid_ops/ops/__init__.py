@@ -1,0 +1,5 @@
+"""Public ops: one module per op, each with its function, fakes and autograd registration."""
+
+from .gem import gem
+
+__all__ = ["gem"]

@@ -1,0 +1,5 @@
+"""Plain-PyTorch references, written from ../shared/SPEC.md; every kernel is tested against them."""
+
+from .gem import gem_reference
+
+__all__ = ["gem_reference"]

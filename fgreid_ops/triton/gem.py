@@ -1,0 +1,126 @@
+"""GeM pooling in Triton (SPEC §1), registered as fgreid::gem_triton / gem_triton_backward.
+
+Each program reduces BLOCK_R rows (n, c) over H*W in BLOCK_HW chunks. Addresses come from the
+input's own strides, so channels_last and sliced views are read in place without a copy."""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import DEVICES
+from .._checks import is_channels_last
+
+
+@triton.jit
+def _gem_fwd_kernel(
+    x_ptr, p_ptr, out_ptr, R, C, HW, W, stride_n, stride_c, stride_h, stride_w, eps,
+    BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """out[r] = (sum_i max(x[r, i], eps) ** p / HW) ** (1 / p), with t ** p = exp(p log t)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    c = rows % C
+    row_offset = (rows // C) * stride_n + c * stride_c
+    p = tl.load(p_ptr + c, mask=row_mask, other=1.0).to(ACC)
+    acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    for start in range(0, HW, BLOCK_HW):
+        i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
+        offsets = row_offset[:, None] + ((i // W) * stride_h + (i % W) * stride_w)[None, :]
+        mask = row_mask[:, None] & (i < HW)[None, :]
+        v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
+        v = tl.where(v < eps, eps, v)  # keeps NaN, unlike tl.maximum
+        acc += tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0)
+    mean = tl.where(row_mask, tl.sum(acc, axis=1) / HW, 1.0)
+    out = tl.exp(tl.log(mean) / p)
+    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
+
+
+@triton.jit
+def _gem_bwd_kernel(
+    grad_ptr, x_ptr, p_ptr, out_ptr, grad_x_ptr, grad_p_ptr, R, C, HW, W,
+    stride_n, stride_c, stride_h, stride_w, gstride_n, gstride_c, gstride_h, gstride_w, eps,
+    NEED_GRAD_P: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """With m = y ** p and t = max(x, eps) ** p:
+    grad_x = g y / (HW m) * t / x where x >= eps (else 0);
+    grad_p_rows = g y (-log(y) / p + sum(t log x) / (p HW m))."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    n = rows // C
+    c = rows % C
+    row_offset = n * stride_n + c * stride_c
+    grad_row_offset = n * gstride_n + c * gstride_c
+    p = tl.load(p_ptr + c, mask=row_mask, other=1.0).to(ACC)
+    g = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    y = tl.load(out_ptr + rows, mask=row_mask, other=1.0).to(ACC)
+    log_y = tl.log(y)
+    hw_m = HW * tl.exp(p * log_y)
+    coef = g * y / hw_m
+    acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    for start in range(0, HW, BLOCK_HW):
+        i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
+        hw_offset = (i // W) * stride_h + (i % W) * stride_w
+        grad_hw_offset = (i // W) * gstride_h + (i % W) * gstride_w
+        mask = row_mask[:, None] & (i < HW)[None, :]
+        raw = tl.load(x_ptr + row_offset[:, None] + hw_offset[None, :], mask=mask, other=1.0).to(ACC)
+        v = tl.where(raw < eps, eps, raw)
+        log_v = tl.log(v)
+        t = tl.exp(p[:, None] * log_v)
+        grad_x = tl.where(raw >= eps, coef[:, None] * t / v, 0.0)
+        tl.store(
+            grad_x_ptr + grad_row_offset[:, None] + grad_hw_offset[None, :],
+            grad_x.to(grad_x_ptr.dtype.element_ty),
+            mask=mask,
+        )
+        if NEED_GRAD_P:
+            acc += tl.where(mask, t * log_v, 0.0)
+    if NEED_GRAD_P:
+        grad_p = g * y * (-log_y / p + tl.sum(acc, axis=1) / (p * hw_m))
+        tl.store(grad_p_ptr + rows, grad_p, mask=row_mask)
+
+
+def _acc_dtype(x):
+    return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+def _per_channel(p, C, x):
+    return p.to(_acc_dtype(x)[1]).expand(C).contiguous()
+
+
+def _blocks(hw):
+    block_hw = min(triton.next_power_of_2(hw), 256)
+    return max(1, 2048 // block_hw), block_hw
+
+
+def gem_triton(x, p, eps):
+    N, C, H, W = x.shape
+    out = x.new_empty((N, C))
+    block_r, block_hw = _blocks(H * W)
+    grid = (triton.cdiv(N * C, block_r),)
+    _gem_fwd_kernel[grid](
+        x, _per_channel(p, C, x), out, N * C, C, H * W, W, *x.stride(), eps,
+        BLOCK_R=block_r, BLOCK_HW=block_hw, ACC=_acc_dtype(x)[0],
+    )
+    return out
+
+
+def gem_triton_backward(grad_out, x, p, out, eps, need_grad_p):
+    N, C, H, W = x.shape
+    acc_tl, acc_torch = _acc_dtype(x)
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    grad_p_rows = x.new_empty((N, C) if need_grad_p else (0,), dtype=acc_torch)
+    block_r, block_hw = _blocks(H * W)
+    grid = (triton.cdiv(N * C, block_r),)
+    _gem_bwd_kernel[grid](
+        grad_out.contiguous(), x, _per_channel(p, C, x), out.contiguous(), grad_x, grad_p_rows,
+        N * C, C, H * W, W, *x.stride(), *grad_x.stride(), eps,
+        NEED_GRAD_P=need_grad_p, BLOCK_R=block_r, BLOCK_HW=block_hw,
+        ACC=acc_tl,
+    )
+    return grad_x, grad_p_rows
+
+
+torch.library.register_kernel("fgreid::gem_triton", DEVICES, gem_triton)
+torch.library.register_kernel("fgreid::gem_triton_backward", DEVICES, gem_triton_backward)
