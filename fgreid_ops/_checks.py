@@ -1,6 +1,8 @@
 """The one place for input checks on the Python side. Messages match csrc/include/fgreid_ops/checks.h
-("fgreid_ops.<op>: expected <arg> ..."). They use torch._check_* so the same call works in eager,
-in fake/meta tensors and under torch.compile, and is not stripped by `python -O` like `assert`."""
+("fgreid_ops.<op>: expected <arg> ..."). Plain if/raise, not `assert` (stripped by `python -O`) and
+not torch._check with a message closure over tensors (Dynamo refuses those): every condition is on
+dtypes, devices, ranks and sizes, which torch.compile evaluates at trace time (guarding on sizes),
+so eager, fake tensors and compiled code fail with the same message."""
 
 import torch
 
@@ -20,22 +22,23 @@ def check_float_dtype(op: str, arg: str, t: torch.Tensor) -> None:
 
 
 def check_dim(op: str, arg: str, t: torch.Tensor, dim: int, layout: str) -> None:
-    torch._check_value(t.dim() == dim, lambda: f"fgreid_ops.{op}: expected {arg} to be {dim}-D {layout}, got {t.dim()}-D")
+    if t.dim() != dim:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} to be {dim}-D {layout}, got {t.dim()}-D")
 
 
 def check_same_device(op: str, arg: str, t: torch.Tensor, ref_arg: str, ref: torch.Tensor) -> None:
-    torch._check_value(
-        t.device == ref.device,
-        lambda: f"fgreid_ops.{op}: expected {arg} on the same device as {ref_arg} ({ref.device}), got {t.device}",
-    )
+    if t.device != ref.device:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} on the same device as {ref_arg} ({ref.device}), got {t.device}")
 
 
 def check_nonempty_batch(op: str, arg: str, t: torch.Tensor) -> None:
-    torch._check_value(t.shape[0] != 0, lambda: f"fgreid_ops.{op}: expected {arg} to have a non-empty batch, got N=0")
+    if t.shape[0] == 0:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} to have a non-empty batch, got N=0")
 
 
 def check_nonempty(op: str, arg: str, t: torch.Tensor) -> None:
-    torch._check_value(t.numel() != 0, lambda: f"fgreid_ops.{op}: expected {arg} to be non-empty, got shape {list(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} to be non-empty, got shape {list(t.shape)}")
 
 
 def check_positive(op: str, arg: str, value: float) -> None:

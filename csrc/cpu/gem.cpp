@@ -117,24 +117,23 @@ void gem_forward_kernel(const at::Tensor& x, const at::Tensor& p, double eps_d, 
   });
 }
 
-// With m = y^p: dy/dx = coef * t / x with coef = g y / (HW m), and
-// dy/dp = g y (-log(y) / p + sum_hw(t log x) / (p HW m)).
+// With s = sum_hw t, m = s / HW, y = m^(1/p): dy/dx = coef * t / x with coef = g y / s, and
+// dy/dp = g y (-log(m) / p^2 + sum_hw(t log x) / (p s)).
 template <typename acc_t>
 struct GemRowGrad {
-  acc_t coef_x, g_y, log_y, p, hw_m;
+  acc_t coef_x, g_y, log_m, p, s;
 
-  GemRowGrad(acc_t g, acc_t y, acc_t p_, int64_t HW) : p(p_) {
-    hw_m = static_cast<acc_t>(HW) * std::pow(y, p_);
-    coef_x = g * y / hw_m;
-    g_y = g * y;
-    log_y = std::log(y);
+  GemRowGrad(acc_t g, acc_t sum_t, acc_t p_, int64_t HW) : p(p_), s(sum_t) {
+    log_m = std::log(sum_t / static_cast<acc_t>(HW));
+    g_y = g * std::exp(log_m / p_);
+    coef_x = g_y / sum_t;
   }
-  acc_t grad_p(acc_t sum_t_log_x) const { return g_y * (-log_y / p + sum_t_log_x / (p * hw_m)); }
+  acc_t grad_p(acc_t sum_t_log_x) const { return g_y * (-log_m / (p * p) + sum_t_log_x / (p * s)); }
 };
 
 template <typename scalar_t>
 void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& p,
-                         const at::Tensor& out, double eps_d, bool need_grad_p, at::Tensor& grad_x,
+                         double eps_d, bool need_grad_p, at::Tensor& grad_x,
                          at::Tensor& grad_p_rows) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -142,17 +141,16 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
-  const scalar_t* yd = out.const_data_ptr<scalar_t>();
   scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
   acc_t* gpd = need_grad_p ? grad_p_rows.mutable_data_ptr<acc_t>() : nullptr;
-  const auto row_grad_of = [&](int64_t row) {
-    return GemRowGrad<acc_t>(static_cast<acc_t>(gd[row]), static_cast<acc_t>(yd[row]), pc[row % C], HW);
+  const auto row_grad_of = [&](int64_t row, acc_t sum_t) {
+    return GemRowGrad<acc_t>(static_cast<acc_t>(gd[row]), sum_t, pc[row % C], HW);
   };
 
   if (!is_channels_last_4d(x)) {
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const auto rg = row_grad_of(row);
+        const auto rg = row_grad_of(row, row_pow_sum(xd + row * HW, HW, eps, pc[row % C]));
         const acc_t s = row_grad(xd + row * HW, gxd + row * HW, HW, eps, rg.p, rg.coef_x);
         if (gpd) gpd[row] = rg.grad_p(s);
       }
@@ -161,18 +159,20 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
   }
   const int64_t c_blocks = (C + kChannelBlock - 1) / kChannelBlock;
   at::parallel_for(0, N * c_blocks, 1, [&](int64_t begin, int64_t end) {
-    acc_t coef[kChannelBlock], sum_t_log_x[kChannelBlock];
+    acc_t sum_t[kChannelBlock], coef[kChannelBlock], sum_t_log_x[kChannelBlock];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / c_blocks, c0 = (task % c_blocks) * kChannelBlock;
       const int64_t cn = std::min(kChannelBlock, C - c0);
-      for (int64_t c = 0; c < cn; ++c) coef[c] = row_grad_of(n * C + c0 + c).coef_x;
+      std::fill(sum_t, sum_t + cn, acc_t(0));
+      for (int64_t i = 0; i < HW; ++i) channels_pow_sum(xd + (n * HW + i) * C + c0, cn, eps, &pc[c0], sum_t);
+      for (int64_t c = 0; c < cn; ++c) coef[c] = row_grad_of(n * C + c0 + c, sum_t[c]).coef_x;
       std::fill(sum_t_log_x, sum_t_log_x + cn, acc_t(0));
       for (int64_t i = 0; i < HW; ++i) {
         const int64_t base = (n * HW + i) * C + c0;
         channels_grad(xd + base, gxd + base, cn, eps, &pc[c0], coef, sum_t_log_x);
       }
       if (gpd) {
-        for (int64_t c = 0; c < cn; ++c) gpd[n * C + c0 + c] = row_grad_of(n * C + c0 + c).grad_p(sum_t_log_x[c]);
+        for (int64_t c = 0; c < cn; ++c) gpd[n * C + c0 + c] = row_grad_of(n * C + c0 + c, sum_t[c]).grad_p(sum_t_log_x[c]);
       }
     }
   });
@@ -194,12 +194,11 @@ at::Tensor gem_cpu(const at::Tensor& x_in, const at::Tensor& p, double eps) {
 
 std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out_in,
                                                     const at::Tensor& x_in, const at::Tensor& p,
-                                                    const at::Tensor& out_in, double eps,
+                                                    double eps,
                                                     bool need_grad_p) {
   check_gem_inputs(x_in, p, eps);
   const at::Tensor x = as_supported_layout(x_in);
   const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
-  const at::Tensor out = out_in.to(x.scalar_type()).contiguous();
   const auto layout =
       is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(layout));
@@ -209,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out_i
                                : at::zeros({0}, x.options().dtype(acc_type));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu",
                                   [&] {
-                                    gem_backward_kernel<scalar_t>(grad_out, x, p, out, eps,
+                                    gem_backward_kernel<scalar_t>(grad_out, x, p, eps,
                                                                   need_grad_p, grad_x, grad_p_rows);
                                   });
   return {grad_x, grad_p_rows};

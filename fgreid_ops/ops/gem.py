@@ -19,10 +19,8 @@ def _check_inputs(x, p, eps):
     checks.check_same_device(_OP, "p", p, "x", x)
     checks.check_nonempty_batch(_OP, "x", x)
     checks.check_nonempty(_OP, "x", x)
-    torch._check_value(
-        p.dim() == 1 and (p.shape[0] == 1 or p.shape[0] == x.shape[1]),
-        lambda: f"fgreid_ops.gem: expected p of shape [1] or [C]=[{x.shape[1]}], got {list(p.shape)}",
-    )
+    if not (p.dim() == 1 and (p.shape[0] == 1 or p.shape[0] == x.shape[1])):
+        raise ValueError(f"fgreid_ops.gem: expected p of shape [1] or [C]=[{x.shape[1]}], got {list(p.shape)}")
     checks.check_positive(_OP, "eps", eps)
 
 
@@ -57,7 +55,7 @@ def _fake_forward(x, p, eps):
     return x.new_empty((x.shape[0], x.shape[1]))
 
 
-def _fake_backward(grad_out, x, p, out, eps, need_grad_p):
+def _fake_backward(grad_out, x, p, eps, need_grad_p):
     layout = torch.channels_last if checks.is_channels_last(x) else torch.contiguous_format
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -67,15 +65,15 @@ def _fake_backward(grad_out, x, p, out, eps, need_grad_p):
 
 def _setup_context(ctx, inputs, output):
     x, p, eps = inputs
-    ctx.save_for_backward(x, p, output)
+    ctx.save_for_backward(x, p)
     ctx.eps = eps
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_out):
-        x, p, out = ctx.saved_tensors
+        x, p = ctx.saved_tensors
         need_grad_p = ctx.needs_input_grad[1]
-        grad_x, grad_p_rows = backward_op(grad_out, x, p, out, ctx.eps, need_grad_p)
+        grad_x, grad_p_rows = backward_op(grad_out, x, p, ctx.eps, need_grad_p)
         grad_p = None
         if need_grad_p:
             grad_p = grad_p_rows.sum(0) if p.shape[0] != 1 else grad_p_rows.sum().reshape(1)

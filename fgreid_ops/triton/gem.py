@@ -37,14 +37,14 @@ def _gem_fwd_kernel(
 
 @triton.jit
 def _gem_bwd_kernel(
-    grad_ptr, x_ptr, p_ptr, out_ptr, grad_x_ptr, grad_p_ptr, R, C, HW, W,
+    grad_ptr, x_ptr, p_ptr, grad_x_ptr, grad_p_ptr, R, C, HW, W,
     stride_n, stride_c, stride_h, stride_w, gstride_n, gstride_c, gstride_h, gstride_w, eps,
-    NEED_GRAD_P: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+    NEED_GRAD_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
-    """With m = y ** p and t = max(x, eps) ** p:
-    grad_x = g y / (HW m) * t / x where x >= eps (else 0);
-    grad_p_rows = g y (-log(y) / p + sum(t log x) / (p HW m))."""
+    """With t = max(x, eps) ** p, s = sum t, m = s / HW, y = m ** (1/p):
+    grad_x = g y / s * t / x where x >= eps (else 0);
+    grad_p_rows = g y (-log(m) / p**2 + sum(t log x) / (p s)).
+    s is recomputed from x (first loop): the forward output is rounded to x's dtype."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
     n = rows // C
@@ -52,11 +52,18 @@ def _gem_bwd_kernel(
     row_offset = n * stride_n + c * stride_c
     grad_row_offset = n * gstride_n + c * gstride_c
     p = tl.load(p_ptr + c, mask=row_mask, other=1.0).to(ACC)
-    g = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(ACC)
-    y = tl.load(out_ptr + rows, mask=row_mask, other=1.0).to(ACC)
-    log_y = tl.log(y)
-    hw_m = HW * tl.exp(p * log_y)
-    coef = g * y / hw_m
+    acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    for start in range(0, HW, BLOCK_HW):
+        i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
+        mask = row_mask[:, None] & (i < HW)[None, :]
+        offsets = row_offset[:, None] + ((i // W) * stride_h + (i % W) * stride_w)[None, :]
+        v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
+        v = tl.where(v < eps, eps, v)
+        acc += tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0)
+    s = tl.where(row_mask, tl.sum(acc, axis=1), 1.0)
+    log_m = tl.log(s / HW)
+    g_y = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(ACC) * tl.exp(log_m / p)
+    coef = g_y / s
     acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
     for start in range(0, HW, BLOCK_HW):
         i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
@@ -76,7 +83,7 @@ def _gem_bwd_kernel(
         if NEED_GRAD_P:
             acc += tl.where(mask, t * log_v, 0.0)
     if NEED_GRAD_P:
-        grad_p = g * y * (-log_y / p + tl.sum(acc, axis=1) / (p * hw_m))
+        grad_p = g_y * (-log_m / (p * p) + tl.sum(acc, axis=1) / (p * s))
         tl.store(grad_p_ptr + rows, grad_p, mask=row_mask)
 
 
@@ -105,7 +112,7 @@ def gem_triton(x, p, eps):
     return out
 
 
-def gem_triton_backward(grad_out, x, p, out, eps, need_grad_p):
+def gem_triton_backward(grad_out, x, p, eps, need_grad_p):
     N, C, H, W = x.shape
     acc_tl, acc_torch = _acc_dtype(x)
     layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
@@ -114,7 +121,7 @@ def gem_triton_backward(grad_out, x, p, out, eps, need_grad_p):
     block_r, block_hw = _blocks(H * W)
     grid = (triton.cdiv(N * C, block_r),)
     _gem_bwd_kernel[grid](
-        grad_out.contiguous(), x, _per_channel(p, C, x), out.contiguous(), grad_x, grad_p_rows,
+        grad_out.contiguous(), x, _per_channel(p, C, x), grad_x, grad_p_rows,
         N * C, C, H * W, W, *x.stride(), *grad_x.stride(), eps,
         NEED_GRAD_P=need_grad_p, BLOCK_R=block_r, BLOCK_HW=block_hw,
         ACC=acc_tl,

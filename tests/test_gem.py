@@ -1,0 +1,223 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+import fgreid_ops
+from fgreid_ops.nn import GeM
+from fgreid_ops.reference import gem_reference
+
+from helpers import DTYPES, LAYOUTS, assert_close, kernel_backends, to_layout
+
+BACKENDS = kernel_backends()
+
+
+def make_inputs(shape, dtype, device, p_shape=(1,), low=0.0, high=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g, dtype=torch.float64) * (high - low) + low).to(dtype).to(device)
+    p = (torch.rand(p_shape, generator=g, dtype=torch.float64) * 3 + 1).to(device)
+    return x, p
+
+
+def expected_forward(x, p, eps):
+    return gem_reference(x.double(), p.double(), eps).to(x.dtype)
+
+
+# --- reference: known values -------------------------------------------------------------------
+
+def test_reference_known_values():
+    x = torch.full((2, 3, 4, 5), 2.0)
+    torch.testing.assert_close(gem_reference(x, torch.tensor([3.0])), torch.full((2, 3), 2.0))
+    x = torch.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    torch.testing.assert_close(gem_reference(x, torch.tensor([1.0])), torch.tensor([[2.5]]))
+    torch.testing.assert_close(gem_reference(x, torch.tensor([2.0])), torch.tensor([[(30 / 4) ** 0.5]]))
+    # values below eps are clamped up to eps
+    torch.testing.assert_close(gem_reference(-torch.ones(1, 1, 2, 2), torch.tensor([3.0]), eps=0.5), torch.tensor([[0.5]]))
+
+
+def test_reference_matches_fast_reid_formula():
+    # fast-reid GeneralizedMeanPoolingP: adaptive_avg_pool2d(x.clamp(min=eps).pow(p), 1).pow(1/p)
+    x, _ = make_inputs((2, 8, 6, 4), torch.float64, "cpu")
+    p = torch.tensor([3.0], dtype=torch.float64)
+    fast_reid = F.adaptive_avg_pool2d(x.clamp(min=1e-6).pow(p), 1).pow(1.0 / p).flatten(1)
+    torch.testing.assert_close(gem_reference(x, p), fast_reid)
+
+
+# --- kernels vs reference ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("p_per_channel", [False, True], ids=["p1", "pC"])
+def test_forward_matches_reference(backend, device, dtype, layout, p_per_channel):
+    C = 5
+    x, p = make_inputs((3, C, 7, 6), dtype, device, p_shape=(C,) if p_per_channel else (1,))
+    x = to_layout(x, layout)
+    out = fgreid_ops.gem(x, p, backend=backend)
+    assert out.shape == (3, C) and out.dtype == dtype and out.device.type == device
+    assert_close(out, expected_forward(x, p, 1e-6), dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_matches_reference(backend, device, dtype, layout):
+    C = 4
+    x, p = make_inputs((2, C, 5, 3), dtype, device, p_shape=(C,), low=-0.5)  # some x < eps
+    x = to_layout(x, layout).requires_grad_()
+    p = p.clone().requires_grad_()
+    grad = torch.randn(2, C, dtype=torch.float64).to(dtype).to(device)
+    gx, gp = torch.autograd.grad(fgreid_ops.gem(x, p, backend=backend), (x, p), grad)
+
+    xr = x.detach().double().requires_grad_()
+    pr = p.detach().double().requires_grad_()
+    gxr, gpr = torch.autograd.grad(gem_reference(xr, pr), (xr, pr), grad.double())
+    assert_close(gx, gxr, dtype, grad=True)
+    assert_close(gp, gpr, dtype if dtype == torch.float64 else torch.float32, grad=True)
+    assert gp.dtype == p.dtype
+    assert torch.all(gx[x.detach() < 1e-6] == 0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradient_to_x_only(backend, device):
+    x, p = make_inputs((2, 3, 4, 4), torch.float32, device)
+    x.requires_grad_()
+    fgreid_ops.gem(x, p, backend=backend).sum().backward()
+    expected = torch.autograd.grad(gem_reference(x, p).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("p_shape", [(1,), (3,)])
+def test_gradcheck(backend, device, p_shape):
+    x, p = make_inputs((2, 3, 3, 4), torch.float64, device, p_shape=p_shape, low=0.1)
+    x.requires_grad_()
+    p.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fgreid_ops.gem(a, b, backend=backend), (x, p))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: fgreid_ops.gem(a, b, backend=backend), (xc, p))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(backend, device, layout):
+    op = torch.ops.fgreid.gem_triton if backend == "triton" else torch.ops.fgreid.gem
+    x, p = make_inputs((2, 3, 4, 5), torch.float32, device, p_shape=(3,), low=0.1)
+    x = to_layout(x, layout)
+    torch.library.opcheck(op, (x, p, 1e-6))
+    torch.library.opcheck(op, (x.requires_grad_(), p.requires_grad_(), 1e-6))
+    backward = torch.ops.fgreid.gem_triton_backward if backend == "triton" else torch.ops.fgreid.gem_backward
+    grad = torch.rand(2, 3, device=device)
+    torch.library.opcheck(backward, (grad, x.detach(), p.detach(), 1e-6, True))
+    torch.library.opcheck(backward, (grad, x.detach(), p.detach(), 1e-6, False))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+    module = GeM(p=3.0, backend=backend).to(device)
+    compiled = torch.compile(module, fullgraph=True, dynamic=True)
+    for shape in [(2, 4, 5, 3), (3, 4, 6, 2)]:
+        x, _ = make_inputs(shape, torch.float32, device)
+        x.requires_grad_()
+        out = compiled(x)
+        torch.testing.assert_close(out, module(x))
+        out.sum().backward()
+        gx = x.grad.clone()
+        x.grad = None
+        module(x).sum().backward()
+        torch.testing.assert_close(gx, x.grad)
+
+
+@given(
+    n=st.integers(1, 3), c=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 9),
+    p_value=st.floats(1.0, 8.0), per_channel=st.booleans(), eps=st.sampled_from([1e-6, 1e-3, 0.3]),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_hypothesis_forward_backward(backend, device, n, c, h, w, p_value, per_channel, eps, dtype, layout, seed):
+    x, _ = make_inputs((n, c, h, w), dtype, device, low=-0.5, high=3.0, seed=seed)
+    p = torch.full((c,) if per_channel else (1,), p_value, dtype=torch.float32, device=device)
+    x = to_layout(x, layout).requires_grad_()
+    out = fgreid_ops.gem(x, p, eps, backend=backend)
+    assert_close(out, expected_forward(x.detach(), p, eps), dtype)
+    grad = torch.ones_like(out)
+    (gx,) = torch.autograd.grad(out, x, grad)
+    xr = x.detach().double().requires_grad_()
+    (gxr,) = torch.autograd.grad(gem_reference(xr, p.double(), eps), xr, grad.double())
+    assert_close(gx, gxr, dtype, grad=True)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+BAD_INPUTS = [
+    ("x to be 4-D", lambda: (torch.rand(2, 3, 4), torch.tensor([3.0]), 1e-6), ValueError),
+    ("x to be float32", lambda: (torch.ones(2, 3, 4, 4, dtype=torch.int64), torch.tensor([3.0]), 1e-6), TypeError),
+    ("p to be float32", lambda: (torch.rand(2, 3, 4, 4), torch.tensor([3]), 1e-6), TypeError),
+    ("p of shape [1] or [C]", lambda: (torch.rand(2, 3, 4, 4), torch.tensor([3.0, 3.0]), 1e-6), ValueError),
+    ("p of shape [1] or [C]", lambda: (torch.rand(2, 3, 4, 4), torch.ones(1, 1), 1e-6), ValueError),
+    ("eps > 0", lambda: (torch.rand(2, 3, 4, 4), torch.tensor([3.0]), 0.0), ValueError),
+    ("eps > 0", lambda: (torch.rand(2, 3, 4, 4), torch.tensor([3.0]), -1.0), ValueError),
+    ("x to have a non-empty batch", lambda: (torch.rand(0, 3, 4, 4), torch.tensor([3.0]), 1e-6), ValueError),
+    ("x to be non-empty", lambda: (torch.rand(2, 3, 0, 4), torch.tensor([3.0]), 1e-6), ValueError),
+    ("x to be a torch.Tensor", lambda: ([[1.0]], torch.tensor([3.0]), 1e-6), TypeError),
+]
+
+
+@pytest.mark.parametrize("message,make,error", BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize("backend,device", BACKENDS[:2])
+def test_bad_input_raises_naming_argument(backend, device, message, make, error):
+    x, p, eps = make()
+    with pytest.raises(error, match="fgreid_ops.gem: expected " + message.replace("[", r"\[").replace("]", r"\]")):
+        fgreid_ops.gem(x, p, eps, backend=backend)
+
+
+@pytest.mark.parametrize("message,make,error", BAD_INPUTS[:-1])
+def test_bad_input_raises_in_kernel_and_on_meta(message, make, error):
+    x, p, eps = make()
+    pattern = "fgreid_ops.gem: expected " + message.replace("[", r"\[").replace("]", r"\]")
+    with pytest.raises((error, RuntimeError), match=pattern):
+        torch.ops.fgreid.gem(x, p, eps)  # the C++ checks, for direct torch.ops callers
+    with pytest.raises((error, RuntimeError), match=pattern):
+        torch.ops.fgreid.gem(x.to("meta"), p.to("meta"), eps)  # the fake
+
+
+def test_device_mismatch_names_argument():
+    x = torch.rand(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="expected p on the same device as x"):
+        fgreid_ops.gem(x, torch.tensor([3.0], device="meta"))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        fgreid_ops.gem(torch.rand(1, 1, 2, 2), 3.0, backend="fortran")
+
+
+def test_nan_propagates():
+    x = torch.rand(1, 2, 3, 3)
+    x[0, 1, 1, 1] = float("nan")
+    for backend in ["cpu"] + (["triton"] if fgreid_ops._backend.triton_available("cpu") else []):
+        out = fgreid_ops.gem(x, 3.0, backend=backend)
+        assert torch.isnan(out[0, 1]) and not torch.isnan(out[0, 0])
+
+
+# --- module and fast-reid compatibility ---------------------------------------------------------
+
+def test_module_loads_fast_reid_state_dict():
+    module = GeM()
+    module.load_state_dict({"p": torch.tensor([3.0])})
+    assert list(module.state_dict()) == ["p"] and module.p.shape == (1,)
+    x = torch.rand(2, 8, 6, 4)
+    fast_reid = F.adaptive_avg_pool2d(x.clamp(min=1e-6).pow(3.0), 1).pow(1.0 / 3.0)
+    torch.testing.assert_close(module(x), fast_reid.flatten(1))
+    torch.testing.assert_close(GeM(flatten=False)(x), fast_reid)
+
+
+def test_module_learn_p_and_reference_switch():
+    module = GeM(p=2.5, learn_p=False)
+    assert not module.p.requires_grad
+    x = torch.rand(2, 3, 4, 4)
+    with fgreid_ops.use_reference():
+        ref = module(x)
+    torch.testing.assert_close(module(x), ref)
