@@ -3,9 +3,11 @@ never swallowed: the ops then raise on use unless the reference backend is selec
 
 import warnings
 
+import torch
+
 _load_error = None
 try:
-    from . import _C  # noqa: F401  (registers the torch.ops.fgreid kernels)
+    from . import _C  # noqa: F401  (links against libtorch, loaded by `import torch` above)
 except ImportError as exc:  # pragma: no cover - exercised only on broken installs
     _load_error = exc
     warnings.warn(
@@ -32,6 +34,4 @@ def require_extension(op: str) -> None:
 
 def has_cuda_kernels() -> bool:
     """True when the extension was built with its CUDA kernels."""
-    import torch
-
     return has_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("fgreid::gem", "CUDA")
