@@ -16,4 +16,11 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
+
+  // Fused localization (SPEC §3): feat * F.interpolate(mask, (H, W), mode, align_corners=False),
+  // or its mean over H x W with pool. Unrequested gradients come back as empty tensors.
+  m.def("mask_upsample_mul(Tensor feat, Tensor mask, str mode, bool pool) -> Tensor");
+  m.def(
+      "mask_upsample_mul_backward(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool,"
+      " bool need_grad_feat, bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)");
 }
