@@ -28,6 +28,7 @@ namespace {
 
 constexpr int64_t kTileElems = 4096;
 constexpr int64_t kMaxChannelBlock = 32;
+constexpr int64_t kGrainElems = 32768;  // at::internal::GRAIN_SIZE
 
 // The taps of one output axis: value[d] = w0[d] * src[i0[d]] + w1[d] * src[i1[d]] (bilinear) or
 // src[i0[d]] (nearest).
@@ -78,11 +79,30 @@ struct Resize {
   bool linear;
   Axis<acc_t> ys, xs;
   std::vector<char> row_used;  // source rows that some output row reads
+  // The x-taps grouped by source column (CSR): column j receives weight tap_w[k] from output
+  // x = tap_x[k] for k in [tap_start[j], tap_start[j + 1]), in increasing x (w0 before w1).
+  // Gathering per column keeps the adjoint's sums in registers; scattering into t[i(x)] stalled
+  // on store-to-load forwarding.
+  std::vector<int64_t> tap_start, tap_x;
+  std::vector<acc_t> tap_w;
 
   Resize(int64_t h_, int64_t w_, int64_t H_, int64_t W_, bool linear_)
       : h(h_), w(w_), H(H_), W(W_), tile_rows(std::max<int64_t>(1, kTileElems / W_)), linear(linear_),
-        ys(h_, H_, linear_), xs(w_, W_, linear_), row_used(h_, 0) {
+        ys(h_, H_, linear_), xs(w_, W_, linear_), row_used(h_, 0), tap_start(w_ + 1, 0) {
     for (int64_t y = 0; y < H; ++y) row_used[ys.i0[y]] = row_used[ys.i1[y]] = 1;
+    const int taps = linear ? 2 : 1;
+    for (int64_t x = 0; x < W; ++x) {
+      ++tap_start[xs.i0[x] + 1];
+      if (taps == 2) ++tap_start[xs.i1[x] + 1];
+    }
+    for (int64_t j = 0; j < w; ++j) tap_start[j + 1] += tap_start[j];
+    tap_x.resize(tap_start[w]);
+    tap_w.resize(tap_start[w]);
+    std::vector<int64_t> next(tap_start.begin(), tap_start.end() - 1);
+    for (int64_t x = 0; x < W; ++x) {
+      tap_x[next[xs.i0[x]]] = x, tap_w[next[xs.i0[x]]++] = xs.w0[x];
+      if (taps == 2) tap_x[next[xs.i1[x]]] = x, tap_w[next[xs.i1[x]]++] = xs.w1[x];
+    }
   }
 
   // hz[i, x] = the x-resized source row i of one mask plane (h x w, contiguous).
@@ -114,26 +134,22 @@ struct Resize {
 
   // Adjoint of the x-resize for one row: t[j] = sum_x [i(x) = j] w(x) g[x], x in order.
   void row_adjoint(const acc_t* g, acc_t* t) const {
-    std::fill(t, t + w, acc_t(0));
-    if (linear) {
-      for (int64_t x = 0; x < W; ++x) {
-        t[xs.i0[x]] += xs.w0[x] * g[x];
-        t[xs.i1[x]] += xs.w1[x] * g[x];
-      }
-    } else {
-      for (int64_t x = 0; x < W; ++x) t[xs.i0[x]] += g[x];
+    for (int64_t j = 0; j < w; ++j) {
+      acc_t sum = 0;
+      for (int64_t k = tap_start[j]; k < tap_start[j + 1]; ++k) sum += tap_w[k] * g[tap_x[k]];
+      t[j] = sum;
     }
   }
 
-  // Adjoint of the y-resize: grad_mask[i, :] = sum_y [i(y) = i] w(y) t[y, :], y in order.
-  void col_adjoint(const acc_t* t, acc_t* grad_mask) const {
-    std::fill(grad_mask, grad_mask + h * w, acc_t(0));
-    for (int64_t y = 0; y < H; ++y) {
-      axpy(ys.w0[y], t + y * w, grad_mask + ys.i0[y] * w, w);
-      if (linear) axpy(ys.w1[y], t + y * w, grad_mask + ys.i1[y] * w, w);
+  // Adjoint of the y-resize for rows [y0, y1) of rows of length `len` (t holds row y at
+  // (y - y0) * len): out[i, :] += sum_y [i(y) = i] w(y) t[y, :], y in order.
+  void col_adjoint_rows(const acc_t* t, int64_t y0, int64_t y1, int64_t len, acc_t* out) const {
+    for (int64_t y = y0; y < y1; ++y) {
+      const acc_t* row = t + (y - y0) * len;
+      axpy(ys.w0[y], row, out + ys.i0[y] * len, len);
+      if (linear) axpy(ys.w1[y], row, out + ys.i1[y] * len, len);
     }
   }
-
 };
 
 template <typename scalar_t, typename acc_t>
@@ -186,6 +202,11 @@ int64_t channel_block(int64_t N, int64_t C) {
   return std::clamp<int64_t>((N * C) / target_tasks, 1, std::min(C, kMaxChannelBlock));
 }
 
+// Tasks per chunk so that small inputs run on the calling thread, without a parallel region.
+int64_t grain(int64_t elements_per_task) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elements_per_task));
+}
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear, bool pool, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -199,7 +220,7 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
 
-  at::parallel_for(0, N * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * blocks, grain(cb * HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), sums(cb);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, c0 = (task % blocks) * cb, c1 = std::min(C, c0 + cb);
@@ -265,7 +286,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     // row goes to t_rows, and the y-adjoint runs per n once every row is done.
     at::Tensor t_rows = gmd ? at::empty({N, H, w}, mask.options()) : at::Tensor();
     acc_t* td = gmd ? t_rows.mutable_data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, N * tiles, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * tiles, grain(C * tile_cap), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0);
       int64_t hz_n = -1;
       for (int64_t task = begin; task < end; ++task) {
@@ -281,28 +302,33 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
       }
     });
     if (gmd) {
-      at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) rs.col_adjoint(td + n * H * w, gmd + n * h * w);
+      at::parallel_for(0, N, grain(2 * H * w), [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(gmd + n * h * w, gmd + (n + 1) * h * w, acc_t(0));
+          rs.col_adjoint_rows(td + n * H * w, 0, H, w, gmd + n * h * w);
+        }
       });
     }
     return;
   }
-  // One mask plane per (n, c): tasks are planes.
-  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+  // One mask plane per (n, c): tasks are planes. Here the y-adjoint goes first, as vector axpys
+  // of whole rows into u (h x W), so the scalar x-gather runs over h rows rather than H.
+  at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
-        t_rows(gmd ? H * w : 0);
+        u(gmd ? h * W : 0);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / C, c = plane % C;
       if (gfd) rs.resize_rows(md + plane * h * w, hz.data());
+      std::fill(u.begin(), u.end(), acc_t(0));
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows);
         if (gfd) rs.fill_tile(hz.data(), y0, y1, tile.data());
         tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data());
-        if (gmd) {
-          for (int64_t y = y0; y < y1; ++y) rs.row_adjoint(g_sum.data() + (y - y0) * W, t_rows.data() + y * w);
-        }
+        if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, u.data());
       }
-      if (gmd) rs.col_adjoint(t_rows.data(), gmd + plane * h * w);
+      if (gmd) {
+        for (int64_t i = 0; i < h; ++i) rs.row_adjoint(u.data() + i * W, gmd + plane * h * w + i * w);
+      }
     }
   });
 }
