@@ -5,7 +5,8 @@
 // row of a mask plane is first resized along x (`hz`, h x W values), then output rows are blended
 // along y, one tile of rows at a time (`tile`, <= kTileElems values, cache resident), and the tile is
 // applied to a block of channels. The backward recomputes the tile; the mask gradient is the adjoint
-// of the resize, accumulated in a fixed order (channels, then x, then y) so it is deterministic.
+// of the resize, accumulated in a fixed order (a shared mask: channels, x, y; a per-channel mask:
+// y, then x) whatever the thread count, so it is deterministic.
 // feat is read as contiguous NCHW (other layouts are copied first); out and grad_feat are contiguous.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
