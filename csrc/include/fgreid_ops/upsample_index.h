@@ -8,10 +8,12 @@
 #include <cmath>
 #include <cstdint>
 
+#ifndef FGREID_HD
 #ifdef __CUDACC__
 #define FGREID_HD __host__ __device__ __forceinline__
 #else
 #define FGREID_HD inline
+#endif
 #endif
 
 namespace fgreid_ops {
