@@ -83,20 +83,23 @@ def test_forward_non_contiguous(backend, device, layout, per_channel, pool):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
-@pytest.mark.parametrize("size", [(112, 112, 14, 14), (56, 80, 7, 7), (100, 60, 14, 14), (6, 5, 3, 2), (4, 3, 9, 7)],
-                         ids=str)
-def test_upsampled_mask_equals_interpolate_fp32(mode, per_channel, size):
+@pytest.mark.parametrize("C", [5, 16])  # 16: ATen's vector loop over channels (8 or 16 lanes)
+@pytest.mark.parametrize("mask_layout", ["mask1", "maskC", "maskC-channels_last"])
+@pytest.mark.parametrize("size", [(112, 112, 14, 14), (56, 80, 7, 7), (100, 60, 14, 14), (6, 5, 3, 2), (4, 3, 9, 7),
+                                  (56, 56, 7, 7)], ids=str)
+def test_upsampled_mask_equals_interpolate_fp32(mode, C, mask_layout, size):
     """With feat = 1 the output is the upsampled mask itself. Nearest is a gather: bit-exact.
-    Bilinear uses ATen's indices and weights and blends x before y; where ATen's CPU kernel takes
-    its separable path (H + W > 128, NCHW mask) the AVX2 build rounds identically (bit-exact). ATen's
-    small-output path (H + W <= 128) sums the four weighted taps instead: within 2 ulp."""
+    Bilinear uses ATen's indices and weights and follows its CPU kernel's choice of formula (x then
+    y blends, or the four-tap sum for H + W <= 128 or a channels_last mask of > 3 channels, in the
+    order of its scalar or vector loop); with the same FMA contraction as ATen's AVX2 build the
+    fp32 result is bit-identical (asserted where ATen runs its AVX2 kernels); elsewhere within 2 ulp."""
     H, W, h, w = size
-    _, mask = make_inputs(2, 3, H, W, h, w, per_channel, torch.float32, "cpu")
-    out = fgreid_ops.mask_upsample_mul(torch.ones(2, 3, H, W), mask, mode, backend="cpu")
-    want = interpolate(mask, (H, W), mode).expand(2, 3, H, W)
-    exact = mode == "nearest" or (H + W > 128 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
-    if exact:
+    _, mask = make_inputs(2, C, H, W, h, w, mask_layout != "mask1", torch.float32, "cpu")
+    if mask_layout == "maskC-channels_last":
+        mask = mask.contiguous(memory_format=torch.channels_last)
+    out = fgreid_ops.mask_upsample_mul(torch.ones(2, C, H, W), mask, mode, backend="cpu")
+    want = interpolate(mask, (H, W), mode).expand(2, C, H, W)
+    if mode == "nearest" or torch.backends.cpu.get_cpu_capability() == "AVX2":
         assert torch.equal(out, want)
     else:
         torch.testing.assert_close(out, want, rtol=2.5e-7, atol=1e-7)

@@ -4,18 +4,21 @@
 // The resize is separable and the kernels follow ATen's order of operations: each needed source
 // row of a mask plane is first resized along x (`hz`, h x W values), then output rows are blended
 // along y, one tile of rows at a time (`tile`, <= kTileElems values, cache resident), and the tile is
-// applied to a block of channels. The backward recomputes the tile; the mask gradient is the adjoint
+// applied to a block of channels. Where ATen's CPU kernel sums four weighted taps instead (small
+// outputs), so does the tile. The backward recomputes the tile; the mask gradient is the adjoint
 // of the resize, accumulated in a fixed order (a shared mask: channels, x, y; a per-channel mask:
 // y, then x) whatever the thread count, so it is deterministic.
 // feat is read as contiguous NCHW (other layouts are copied first); out and grad_feat are contiguous.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string_view>
 #include <vector>
 
@@ -61,11 +64,29 @@ FGREID_CPU_CLONES void blend(const acc_t* a, const acc_t* b, acc_t wa, acc_t wb,
 
 // dst[x] = src[i0[x]] * w0[x] + src[i1[x]] * w1[x]. Cloned like `blend` so that the AVX2 build
 // contracts it to FMAs as ATen's AVX2 upsample kernel does: fp32 results then equal
-// F.interpolate's bit for bit wherever ATen takes its separable path (H + W > 128).
+// F.interpolate's bit for bit on ATen's separable path.
 template <typename acc_t>
 FGREID_CPU_CLONES void resize_row(const acc_t* src, const int64_t* i0, const int64_t* i1, const acc_t* w0,
                                   const acc_t* w1, acc_t* dst, int64_t n) {
   for (int64_t x = 0; x < n; ++x) dst[x] = src[i0[x]] * w0[x] + src[i1[x]] * w1[x];
+}
+
+// ATen's small-output kernel: dst[x] = r0[i0] w00 + r0[i1] w01 + r1[i0] w10 + r1[i1] w11 with the
+// weights multiplied first (w00 = wy0 * wx0, ...), summed left to right in its scalar loop and
+// right to left (`nested`) in its vectorized loop over channels.
+template <typename acc_t>
+FGREID_CPU_CLONES void four_taps(const acc_t* r0, const acc_t* r1, acc_t wy0, acc_t wy1, const int64_t* i0,
+                                 const int64_t* i1, const acc_t* w0, const acc_t* w1, acc_t* dst, int64_t n,
+                                 bool nested) {
+  for (int64_t x = 0; x < n; ++x) {
+    const acc_t w00 = wy0 * w0[x], w01 = wy0 * w1[x], w10 = wy1 * w0[x], w11 = wy1 * w1[x];
+    const acc_t a = r0[i0[x]], b = r0[i1[x]], c = r1[i0[x]], d = r1[i1[x]];
+    // Both forms as ATen's AVX2 build contracts them, spelled out: which product of a sum gcc
+    // fuses into an FMA otherwise depends on the surrounding code. (Without hardware FMA, the
+    // default clone calls libm's fma; ATen's non-AVX2 kernels round differently anyway.)
+    dst[x] = nested ? std::fma(a, w00, std::fma(b, w01, std::fma(d, w11, c * w10)))
+                    : std::fma(d, w11, std::fma(c, w10, std::fma(a, w00, b * w01)));
+  }
 }
 
 template <typename acc_t>
@@ -77,7 +98,8 @@ void axpy(acc_t alpha, const acc_t* x, acc_t* y, int64_t n) {
 template <typename acc_t>
 struct Resize {
   int64_t h, w, H, W, tile_rows;
-  bool linear;
+  bool linear, four_tap;
+  int64_t vector_channels = 0;  // mask channels that ATen's four-tap kernel handles in vector registers
   Axis<acc_t> ys, xs;
   std::vector<char> row_used;  // source rows that some output row reads
   // The x-taps grouped by source column (CSR): column j receives weight tap_w[k] from output
@@ -87,10 +109,13 @@ struct Resize {
   std::vector<int64_t> tap_start, tap_x;
   std::vector<acc_t> tap_w;
 
-  Resize(int64_t h_, int64_t w_, int64_t H_, int64_t W_, bool linear_)
+  Resize(int64_t h_, int64_t w_, int64_t H_, int64_t W_, bool linear_, bool four_tap_, int64_t mask_channels)
       : h(h_), w(w_), H(H_), W(W_), tile_rows(std::max<int64_t>(1, kTileElems / W_)), linear(linear_),
-        ys(h_, H_, linear_), xs(w_, W_, linear_), row_used(h_, 0), tap_start(w_ + 1, 0) {
+        four_tap(linear_ && four_tap_), ys(h_, H_, linear_), xs(w_, W_, linear_), row_used(h_, 0), tap_start(w_ + 1, 0) {
     for (int64_t y = 0; y < H; ++y) row_used[ys.i0[y]] = row_used[ys.i1[y]] = 1;
+    static const int64_t vector_bytes = at::get_cpu_capability() == "AVX512" ? 64 : 32;
+    const int64_t lanes = vector_bytes / static_cast<int64_t>(sizeof(acc_t));
+    vector_channels = mask_channels - mask_channels % lanes;
     const int taps = linear ? 2 : 1;
     for (int64_t x = 0; x < W; ++x) {
       ++tap_start[xs.i0[x] + 1];
@@ -108,6 +133,7 @@ struct Resize {
 
   // hz[i, x] = the x-resized source row i of one mask plane (h x w, contiguous).
   void resize_rows(const acc_t* plane, acc_t* hz) const {
+    if (four_tap) return;
     for (int64_t i = 0; i < h; ++i) {
       if (!row_used[i]) continue;
       const acc_t* src = plane + i * w;
@@ -120,10 +146,16 @@ struct Resize {
     }
   }
 
-  // tile[(y - y0) * W + x] = up(mask)[y, x] for y in [y0, y1).
-  void fill_tile(const acc_t* hz, int64_t y0, int64_t y1, acc_t* tile) const {
+  // tile[(y - y0) * W + x] = up(mask)[y, x] for y in [y0, y1), from hz (or the plane itself).
+  // `channel` is the plane's channel in the mask, which decides ATen's summation order.
+  void fill_tile(const acc_t* plane, int64_t channel, const acc_t* hz, int64_t y0, int64_t y1, acc_t* tile) const {
     for (int64_t y = y0; y < y1; ++y) {
       acc_t* dst = tile + (y - y0) * W;
+      if (four_tap) {
+        four_taps(plane + ys.i0[y] * w, plane + ys.i1[y] * w, ys.w0[y], ys.w1[y], xs.i0.data(), xs.i1.data(),
+                  xs.w0.data(), xs.w1.data(), dst, W, channel < vector_channels);
+        continue;
+      }
       const acc_t* a = hz + ys.i0[y] * W;
       if (linear) {
         blend(a, hz + ys.i1[y] * W, ys.w0[y], ys.w1[y], dst, W);
@@ -209,11 +241,12 @@ int64_t grain(int64_t elements_per_task) {
 }
 
 template <typename scalar_t>
-void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear, bool pool, at::Tensor& out) {
+void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear, bool four_tap, bool pool,
+                    at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
   const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
-  const Resize<acc_t> rs(h, w, H, W, linear);
+  const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
   const int64_t cb = Cm == 1 ? channel_block(N, C) : 1;
   const int64_t blocks = (C + cb - 1) / cb;
   const scalar_t* fd = feat.const_data_ptr<scalar_t>();
@@ -225,11 +258,12 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
     std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), sums(cb);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, c0 = (task % blocks) * cb, c1 = std::min(C, c0 + cb);
-      rs.resize_rows(md + (n * Cm + (Cm == 1 ? 0 : c0)) * h * w, hz.data());
+      const acc_t* plane = md + (n * Cm + (Cm == 1 ? 0 : c0)) * h * w;
+      rs.resize_rows(plane, hz.data());
       std::fill(sums.begin(), sums.end(), acc_t(0));
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows), len = (y1 - y0) * W;
-        rs.fill_tile(hz.data(), y0, y1, tile.data());
+        rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t offset = (n * C + c) * HW + y0 * W;
           if (pool) {
@@ -250,11 +284,11 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
 // plane of g * feat. With pool, g[n, c, y, x] = grad_out[n, c] / (H W).
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& mask, bool linear,
-                     bool pool, at::Tensor& grad_feat, at::Tensor& grad_mask) {
+                     bool four_tap, bool pool, at::Tensor& grad_feat, at::Tensor& grad_mask) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
   const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
-  const Resize<acc_t> rs(h, w, H, W, linear);
+  const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
   const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* fd = feat.const_data_ptr<scalar_t>();
   const acc_t* md = mask.const_data_ptr<acc_t>();
@@ -294,7 +328,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
         const int64_t n = task / tiles, y0 = (task % tiles) * rs.tile_rows, y1 = std::min(H, y0 + rs.tile_rows);
         if (gfd) {
           if (hz_n != n) rs.resize_rows(md + n * h * w, hz.data()), hz_n = n;
-          rs.fill_tile(hz.data(), y0, y1, tile.data());
+          rs.fill_tile(md + n * h * w, 0, hz.data(), y0, y1, tile.data());
         }
         tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data());
         if (gmd) {
@@ -323,7 +357,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
       std::fill(u.begin(), u.end(), acc_t(0));
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows);
-        if (gfd) rs.fill_tile(hz.data(), y0, y1, tile.data());
+        if (gfd) rs.fill_tile(md + plane * h * w, c, hz.data(), y0, y1, tile.data());
         tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data());
         if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, u.data());
       }
@@ -332,6 +366,14 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
       }
     }
   });
+}
+
+// Whether ATen's CPU bilinear kernel would take its small-output path (_use_vectorized_kernel_cond_2d:
+// a channels_last mask with more than 3 channels, or H + W <= 128), which sums four weighted taps
+// instead of blending x then y. Following it makes fp32 results bit-identical to F.interpolate's.
+bool aten_four_tap_path(const at::Tensor& feat, const at::Tensor& mask) {
+  return (mask.is_contiguous(at::MemoryFormat::ChannelsLast) && mask.size(1) > 3) ||
+         feat.size(2) + feat.size(3) <= 128;
 }
 
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
@@ -344,7 +386,7 @@ at::Tensor mask_upsample_mul_cpu(const at::Tensor& feat_in, const at::Tensor& ma
   const at::Tensor mask = mask_in.to(acc_type(feat.scalar_type())).contiguous();
   at::Tensor out = pool ? at::empty({feat.size(0), feat.size(1)}, feat.options()) : at::empty(feat.sizes(), feat.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_cpu", [&] {
-    forward_kernel<scalar_t>(feat, mask, linear, pool, out);
+    forward_kernel<scalar_t>(feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, out);
   });
   return out;
 }
@@ -364,7 +406,8 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tens
   at::Tensor grad_feat = need_grad_feat ? at::empty(feat.sizes(), feat.options()) : at::Tensor();
   at::Tensor grad_mask = need_grad_mask ? at::empty(mask.sizes(), mask.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_out, feat, mask, linear, pool, grad_feat, grad_mask);
+    backward_kernel<scalar_t>(grad_out, feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, grad_feat,
+                              grad_mask);
   });
   if (!need_grad_feat) grad_feat = at::empty({0}, feat.options());
   grad_mask = need_grad_mask ? grad_mask.to(mask_in.scalar_type()) : at::empty({0}, mask_in.options());
