@@ -39,8 +39,11 @@ def mask_upsample_mul(feat: torch.Tensor, mask: torch.Tensor, mode: str = "bilin
     over H×W, where ``up(mask) = F.interpolate(mask, size=(H, W), mode=mode, align_corners=False)``.
 
     The kernels compute ATen's source indices and weights per output pixel (the legacy "nearest"
-    rule ``floor(dst * in / out)``; bilinear with half-pixel centers, x blended before y) and never
-    write the upsampled mask; ``pool=True`` also never writes the [N, C, H, W] product.
+    rule ``floor(dst * in / out)``; bilinear with half-pixel centers) and never write the upsampled
+    mask; ``pool=True`` also never writes the [N, C, H, W] product. The CPU kernel also follows
+    ATen's CPU choice of bilinear formula (x-then-y blends, or the four-tap sum for H + W <= 128)
+    and its FMA order, so in float32 on AVX2 CPUs the mask equals F.interpolate's bit for bit
+    (tested); the CUDA kernel blends x then y as ATen's CUDA kernel does (within an ulp or two).
 
     Args:
         feat: [N, C, H, W], float32/float16/bfloat16/float64, any strides (the CPU and CUDA
