@@ -31,7 +31,7 @@ namespace fgreid_ops {
 namespace {
 
 constexpr int64_t kTileElems = 4096;
-constexpr int64_t kMaxChannelBlock = 32;
+constexpr int64_t kMaxChannelBlock = 128;
 constexpr int64_t kGrainElems = 32768;  // at::internal::GRAIN_SIZE
 
 // The taps of one output axis: value[d] = w0[d] * src[i0[d]] + w1[d] * src[i1[d]] (bilinear) or
@@ -256,14 +256,19 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
 
   at::parallel_for(0, N * blocks, grain(cb * HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), sums(cb);
+    const bool one_tile = rs.tile_rows >= H;
+    int64_t tile_plane = -1;  // the mask plane whose whole upsampled plane is in `tile`
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / blocks, c0 = (task % blocks) * cb, c1 = std::min(C, c0 + cb);
-      const acc_t* plane = md + (n * Cm + (Cm == 1 ? 0 : c0)) * h * w;
-      rs.resize_rows(plane, hz.data());
+      const int64_t plane_index = n * Cm + (Cm == 1 ? 0 : c0);
+      const acc_t* plane = md + plane_index * h * w;
+      const bool reuse = one_tile && plane_index == tile_plane;
+      if (!reuse) rs.resize_rows(plane, hz.data());
       std::fill(sums.begin(), sums.end(), acc_t(0));
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows), len = (y1 - y0) * W;
-        rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
+        if (!reuse) rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
+        tile_plane = plane_index;
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t offset = (n * C + c) * HW + y0 * W;
           if (pool) {
