@@ -217,6 +217,16 @@ def test_gradcheck(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradgradcheck(backend, device):
+    # the backward ops have their own backward (the op is linear), so double backward works
+    a = rand((1, 2, 3, 4), torch.float64, device).requires_grad_()
+    b = rand((1, 2, 3, 4), torch.float64, device, seed=1).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda a, b: fgreid_ops.off(a, b, backend=backend), (a, b))
+    x = rand((1, 3, 2, 3, 4), torch.float64, device).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x: fgreid_ops.off(x, stride=1, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("layout", ["contiguous", "segment", "channels_last"])
 def test_opcheck(backend, device, layout):
     a, b = make_pair(layout, (2, 4, 5), torch.float32, device)
@@ -268,6 +278,17 @@ def test_torch_compile_fullgraph(backend, device):
         grads_eager = torch.autograd.grad(model(x, a, b).square().sum(), (x, a, b))
         for g, ge in zip(grads, grads_eager):
             torch.testing.assert_close(g, ge)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_torch_compile_dynamic_stride(backend, device):
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, d: fgreid_ops.off(x, stride=d, backend=backend), fullgraph=True, dynamic=True)
+    x = rand((2, 5, 2, 4, 3), device=device)
+    for d in (1, 3):
+        torch.testing.assert_close(compiled(x, d), off_reference(x, stride=d))
+    with pytest.raises(Exception, match="stride in"):
+        compiled(x, 5)
 
 
 @given(

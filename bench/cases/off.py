@@ -16,6 +16,9 @@ QUICK = [(1, 4, 8, 12, 2)]  # (N, T, C, H=W, stride)
 
 
 def cases(device: str, quick: bool) -> list[Case]:
+    # One compiled reference per shape and grad mode (10 graphs): past dynamo's default limit of 8
+    # the later "compile" cases would silently run eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     if quick:
         configs = QUICK
     else:

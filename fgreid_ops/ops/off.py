@@ -65,7 +65,7 @@ def off(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int | None = 
     if b is None:
         if stride is None:
             raise ValueError("fgreid_ops.off: expected b or stride=d, got neither")
-        if isinstance(stride, bool) or not isinstance(stride, int):
+        if isinstance(stride, bool) or not isinstance(stride, (int, torch.SymInt)):
             raise TypeError(f"fgreid_ops.off: expected stride to be an int, got {type(stride).__name__}")
         _check_segment(a, stride)
     else:
@@ -92,6 +92,8 @@ def _fake_off(a, b):
 
 def _fake_off_backward(grad_out):
     _check_frames("grad_out", grad_out)
+    if grad_out.shape[-3] % 3 != 0:
+        raise ValueError(f"fgreid_ops.off: expected grad_out to have 3C channels, got {grad_out.shape[-3]}")
     return grad_out.new_empty((*grad_out.shape[:-3], grad_out.shape[-3] // 3, *grad_out.shape[-2:]))
 
 
@@ -124,6 +126,17 @@ def _backward_segment(ctx, grad_out):
     return torch.ops.fgreid.off_segment_backward(grad_out, ctx.stride), None
 
 
+# off and off_segment are linear, so each backward op is the adjoint of a linear map and its own
+# backward is the forward map again: (a -> grad_a)ᵀ is h -> off(h, 0), (x -> grad_x)ᵀ is
+# off_segment. This gives double backward (e.g. gradient penalties) for free.
+def _backward_off_backward(ctx, grad):
+    return torch.ops.fgreid.off(grad, torch.zeros_like(grad))
+
+
+def _backward_segment_backward(ctx, grad):
+    return torch.ops.fgreid.off_segment(grad, ctx.stride), None
+
+
 if has_extension():
     torch.library.register_fake("fgreid::off")(_fake_off)
     torch.library.register_fake("fgreid::off_backward")(_fake_off_backward)
@@ -131,3 +144,7 @@ if has_extension():
     torch.library.register_fake("fgreid::off_segment_backward")(_fake_off_segment_backward)
     torch.library.register_autograd("fgreid::off", _backward_off, setup_context=_setup_off)
     torch.library.register_autograd("fgreid::off_segment", _backward_segment, setup_context=_setup_segment)
+    torch.library.register_autograd("fgreid::off_backward", _backward_off_backward)
+    torch.library.register_autograd(
+        "fgreid::off_segment_backward", _backward_segment_backward, setup_context=_setup_segment
+    )
