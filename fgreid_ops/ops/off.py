@@ -55,8 +55,9 @@ def off(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int | None = 
 
     Inputs are read in place with their strides (segment views ``x[:, :-d]``, ``x[:, d:]``, sliced or
     channels_last tensors): the kernels fold the leading dims into two strided batch dims and copy
-    only when that is impossible (several independently sliced leading dims). The output is always
-    contiguous. float32/float16/bfloat16/float64; half and bfloat16 are computed in float32 and
+    only when that is impossible (several independently sliced leading dims). Planes whose W is not
+    the innermost dim (channels_last) are gathered element by element: correct, but slower than
+    NCHW. The output is always contiguous. float32/float16/bfloat16/float64; half and bfloat16 are computed in float32 and
     rounded once. Gradients: grad_a = Sxᵀ(g_x) + Syᵀ(g_y) − g_t = −Sx(g_x) − Sy(g_y) − g_t
     (the flipped Sobel kernels are the negated ones), grad_b = g_t (a view of the incoming gradient).
 
