@@ -1,5 +1,6 @@
 """Public ops: one module per op, each with its function, fakes and autograd registration."""
 
+from .evaluate import EvaluationResult, evaluate, evaluate_features
 from .gem import gem
 
-__all__ = ["gem"]
+__all__ = ["gem", "evaluate", "evaluate_features", "EvaluationResult"]
