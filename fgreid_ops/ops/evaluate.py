@@ -220,38 +220,34 @@ def _progress(total, enabled):
 
 
 class _Distances:
-    """Distance blocks of the features form: squared Euclidean as torchreid
-    (||q||^2 + ||g||^2 - 2 q.g, one GEMM per block) or 1 - cosine (rows normalized first)."""
+    """Distance blocks of the features form as one GEMM of augmented rows, so no extra pass over
+    the block adds the norms: squared Euclidean (torchreid's ||q||^2 + ||g||^2 - 2 q.g) is
+    [q, ||q||^2, 1] . [-2 g, 1, ||g||^2], and 1 - cos is [q^, 1] . [-g^, 1] with unit rows q^, g^."""
 
     def __init__(self, q_feats, metric, compute):
         self.metric = metric
         self.compute = compute
-        self.q = q_feats.to(compute)
+        q = q_feats.to(compute)
+        ones = torch.ones(q.shape[0], 1, dtype=compute, device=q.device)
         if metric == "cosine":
-            self.q = F.normalize(self.q, dim=1)
-        self.q_sq = (self.q * self.q).sum(1) if metric == "euclidean" else None
+            self.q = torch.cat([F.normalize(q, dim=1), ones], 1)
+        else:
+            self.q = torch.cat([q, (q * q).sum(1, keepdim=True), ones], 1)
 
     def gallery(self, g_feats):
         g = g_feats.to(self.compute)
+        ones = torch.ones(g.shape[0], 1, dtype=self.compute, device=g.device)
         if self.metric == "cosine":
-            return F.normalize(g, dim=1), None
-        return g, (g * g).sum(1)
+            return torch.cat([-F.normalize(g, dim=1), ones], 1)
+        return torch.cat([-2 * g, ones, (g * g).sum(1, keepdim=True)], 1)
 
-    def block(self, q_lo, q_hi, g, g_sq):
-        q = self.q[q_lo:q_hi]
-        if self.metric == "cosine":
-            return torch.addmm(torch.ones((), dtype=self.compute, device=q.device), q, g.T, alpha=-1)
-        base = self.q_sq[q_lo:q_hi, None] + g_sq[None, :]
-        return base.addmm_(q, g.T, alpha=-2)
+    def block(self, q_lo, q_hi, g, buffer):
+        out = buffer[: (q_hi - q_lo) * g.shape[0]].view(q_hi - q_lo, g.shape[0])
+        return torch.mm(self.q[q_lo:q_hi], g.T, out=out)
 
     def pairs(self, q_index, g_feats, g_index):
-        """Distances of (q_index[k], g_index[k]) pairs, row by row."""
-        q = self.q[q_index]
-        g, g_sq = self.gallery(g_feats[g_index])
-        dot = (q * g).sum(1)
-        if self.metric == "cosine":
-            return 1 - dot
-        return (self.q_sq[q_index] + g_sq) - 2 * dot
+        """Distances of the (q_index[k], g_index[k]) pairs, row by row."""
+        return (self.q[q_index] * self.gallery(g_feats[g_index])).sum(1)
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
@@ -265,7 +261,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     ``"cosine"``: 1 - cos), and the kernel adds, for every match of every query, the number of
     kept other-pid items ranked before it; the matches' own distances are computed first, row by
     row. Memory: the features, memory_budget bytes for a distance block and a chunk of gallery
-    rows in the compute dtype (float32; float64 for float64 features), and O(Q + matches).
+    rows in the compute dtype (float32; float64 for float64 features), a copy of the queries in
+    that dtype with two more columns (the norms ride in the GEMM), and O(Q + matches).
 
     Distances are float32 sums: a match and another item whose distances differ by a rounding
     error may rank differently than in a distance matrix computed another way (torch.cdist, a
@@ -318,7 +315,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         count_op, finalize = torch.ops.fgreid.evaluate_count, torch.ops.fgreid.evaluate_finalize
 
     itemsize = torch.empty((), dtype=compute).element_size()
-    q_block, chunk = _chunk_sizes(Q, G, D, memory_budget, itemsize)
+    q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, itemsize)
     nnz = index.shape[0]
     match_query = torch.repeat_interleave(torch.arange(Q, device=q_feats.device), offsets.diff(), output_size=nnz)
     match_dist = torch.empty(nnz, dtype=compute, device=q_feats.device)
@@ -328,17 +325,16 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         match_dist[lo:hi] = dist.pairs(match_query[lo:hi], g_feats, index[lo:hi])
     counts = torch.zeros(nnz, dtype=torch.int64, device=q_feats.device)
 
+    buffer = torch.empty(q_block * chunk, dtype=compute, device=q_feats.device)
     bar = _progress(G, progress)
     try:
         for g_lo in range(0, G, chunk):
             g_hi = min(G, g_lo + chunk)
-            g, g_sq = dist.gallery(g_feats[g_lo:g_hi])
+            g = dist.gallery(g_feats[g_lo:g_hi])
             for q_lo in range(0, Q, q_block):
                 q_hi = min(Q, q_lo + q_block)
-                block = dist.block(q_lo, q_hi, g, g_sq)
-                count_op(block, q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo, offsets[q_lo:q_hi + 1],
-                         index, match_dist, junk_pid, counts)
-                del block
+                count_op(dist.block(q_lo, q_hi, g, buffer), q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo,
+                         offsets[q_lo:q_hi + 1], index, match_dist, junk_pid, counts)
             if bar is not None:
                 bar.update(g_hi - g_lo)
     finally:
