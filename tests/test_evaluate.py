@@ -164,10 +164,13 @@ def test_edge_cases(backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", "cpu", id="reference")])
 def test_nan_and_signed_zero_distances(backend, device):
-    distmat, ids = make_problem(8, 60, num_pids=3, num_cams=2, seed=3, levels=4)
+    distmat, ids = make_problem(8, 60, num_pids=3, num_cams=2, seed=3, levels=6)
     distmat[distmat == 3] = float("nan")
     distmat[distmat == 1] = -0.0
     distmat[:, ::3][distmat[:, ::3] == -0.0] = 0.0
+    distmat[distmat == 4] = float("inf")
+    distmat[distmat == 5] = -float("inf")
+    distmat[:, ::4][distmat[:, ::4] == 2] = 1e-40  # subnormal
     r = fgreid_ops.evaluate(distmat.to(device), *(t.to(device) for t in ids), max_rank=20,
                             return_per_query=True, backend=backend)
     assert_matches_numpy(r, distmat, ids, 20)

@@ -100,8 +100,7 @@ FGREID_CPU_CLONES int64_t count_before(const acc_t* w, int64_t n, int64_t split,
 
 // Four matches per pass over the row: one load feeds four compares. For match k, items before
 // its own column count when w <= x_k, i.e. w < next_up(x_k), later ones when w < x_k; the row is
-// cut at the four columns so each segment has fixed thresholds. x_k finite or -inf (next_up(+inf)
-// would be +inf, so +inf matches take count_before).
+// cut at the four columns so each segment has fixed thresholds.
 constexpr int kGroup = 4;
 
 template <typename acc_t>
@@ -196,7 +195,9 @@ void count_kernel(const at::Tensor& dist, const int64_t* qp, const int64_t* gp, 
             continue;
           }
           const int64_t split = std::clamp<int64_t>(match_index[m] - g_start, 0, G);
-          if (x == std::numeric_limits<acc_t>::infinity()) {
+          // next_up(x) stands for "<= x" only for finite x clear of the subnormals (flush-to-zero
+          // mode would read a subnormal threshold as 0); zeros, infinities and tiny x go alone
+          if (!(std::fabs(x) >= 2 * std::numeric_limits<acc_t>::min()) || std::isinf(x)) {
             counts[m] += count_before(w.data(), G, split, x);
             continue;
           }
