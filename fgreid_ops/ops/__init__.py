@@ -4,5 +4,4 @@ from .evaluate import EvaluationResult, evaluate, evaluate_features
 from .gem import gem
 from .off import off
 
-__all__ = ["gem", "off"]
-__all__ = ["gem", "evaluate", "evaluate_features", "EvaluationResult"]
+__all__ = ["gem", "off", "evaluate", "evaluate_features", "EvaluationResult"]

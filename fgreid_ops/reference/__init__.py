@@ -4,5 +4,4 @@ from .evaluate import distance_reference, evaluate_reference, per_query_referenc
 from .gem import gem_reference
 from .off import off_reference
 
-__all__ = ["gem_reference", "off_reference"]
-__all__ = ["gem_reference", "evaluate_reference", "per_query_reference", "distance_reference"]
+__all__ = ["gem_reference", "off_reference", "evaluate_reference", "per_query_reference", "distance_reference"]
