@@ -31,9 +31,10 @@ def _topk_mask_sum_kernel(
     hw_offset = (hw // W) * stride_h + (hw % W) * stride_w
     acc_ty = partial_ptr.dtype.element_ty
     acc = tl.zeros([BLOCK_C, BLOCK_HW], dtype=acc_ty)
-    c_end = tl.minimum((chunk + 1) * CHUNK, C)
-    for start in range(0, CHUNK, BLOCK_C):
-        c = chunk * CHUNK + start + tl.arange(0, BLOCK_C).to(tl.int64)
+    c_begin = chunk * CHUNK
+    c_end = tl.minimum(c_begin + CHUNK, C)
+    for start in range(c_begin, c_end, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C).to(tl.int64)
         mask = (c < c_end)[:, None] & hw_mask[None, :]
         offsets = n * stride_n + c[:, None] * stride_c + hw_offset[None, :]
         acc += tl.load(f1_ptr + offsets, mask=mask, other=0.0).to(acc_ty)
