@@ -126,10 +126,21 @@ def test_many_channels_exact(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_large_map_exact(backend, device):
+    # H*W = 340 > 256: several tiles of the CUDA selection and of the Triton rank blocks
+    f1, f2 = int_inputs((2, 3, 20, 17), torch.float32, device, seed=6)
+    for k in [1, 100, 339]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        assert_exact(out, mask, f1, f2, k)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_forward_random_values(backend, device, dtype, layout):
-    f1, f2 = float_inputs((3, 37, 6, 5), dtype, device, seed=1)
+@pytest.mark.parametrize("shape", [(3, 37, 6, 5), (2, 16, 4, 8)], ids=["odd", "vec"])
+def test_forward_random_values(backend, device, dtype, layout, shape):
+    # "vec": H*W and C multiples of 16 bytes of every dtype, the vectorized CUDA multiply
+    f1, f2 = float_inputs(shape, dtype, device, seed=1)
     f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
     for k in [1, 5, 29]:
         out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
@@ -162,12 +173,14 @@ def test_output_layout_and_dtype(backend, device, layout):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_nan_and_inf(backend, device):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_nan_and_inf(backend, device, layout):
     f1, f2 = int_inputs((2, 3, 3, 4), torch.float32, device, seed=4)
     f1[0, 1, 2, 1] = float("nan")  # A is NaN there: counts as the largest
     f1[1, 0, 0, 3] = float("inf")
     f2[0, 2, 2, 1] = float("inf")  # at a zeroed position: inf * 0 = NaN, as in f2 * mask
     f2[1, 1, 1, 1] = float("nan")
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
     for k in [1, 3, 12]:
         out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
         ref_out, ref_mask = topk_mask_reference(f1, f2, k)
@@ -193,6 +206,21 @@ def test_backward_matches_reference(backend, device, dtype, layout):
     ref_out, ref_mask = topk_mask_reference(f1, f2, 4)
     (g2_ref,) = torch.autograd.grad(ref_out, f2, grad)
     assert g2.dtype == dtype and torch.equal(g2, g2_ref) and torch.equal(g2, grad * mask)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_op_with_any_mask(backend, device, dtype, layout):
+    # Direct callers may pass any mask, not only the forward's 0/1 one (-0.0 included).
+    backward = torch.ops.fgreid.topk_mask_triton_backward if backend == "triton" else torch.ops.fgreid.topk_mask_backward
+    grad = to_layout(torch.randn(2, 3, 4, 5, dtype=torch.float64).to(dtype).to(device), layout)
+    for mask in [torch.rand(2, 1, 4, 5), torch.tensor([0.0, -0.0, 1.0, 1.0, 0.0]).repeat(2, 1, 4, 1)]:
+        mask = mask.to(dtype).to(device)
+        expected = (grad.double() * mask.double()).to(dtype)
+        # the Triton interpreter truncates float32 -> bfloat16 instead of rounding: 1 ulp
+        ulp = 2**-7 if dtype == torch.bfloat16 and backend == "triton" and device == "cpu" else 0
+        torch.testing.assert_close(backward(grad, mask), expected, rtol=ulp, atol=0)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -4,7 +4,8 @@
 //      the result does not depend on the thread count.
 //   2. Per sample, std::nth_element over (key, index) pairs picks the k positions of largest A
 //      (ties: lower flat index), and mask[n, hw] is 0 there, 1 elsewhere.
-//   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last).
+//   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last), on the bit
+//      patterns: the mask is exactly 0 or 1.
 // Contiguous and channels_last inputs are read in place; other strides are copied first.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,6 +15,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -138,21 +141,93 @@ void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask) {
   });
 }
 
-template <typename scalar_t, typename acc_t>
-FGREID_CPU_CLONES void mul_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
+// Bit layout of each dtype, for multiplying by a mask that is exactly 0 or 1 without converting
+// to float: gcc does not vectorize the float -> half/bfloat16 rounding, which made the multiply
+// the slowest part for 16-bit inputs.
+template <typename scalar_t>
+struct FloatBits;
+template <>
+struct FloatBits<float> {
+  using type = uint32_t;
+  static constexpr type exponent = 0x7f800000u, sign = 0x80000000u, nan = 0x7fc00000u, one = 0x3f800000u;
+};
+template <>
+struct FloatBits<double> {
+  using type = uint64_t;
+  static constexpr type exponent = 0x7ff0000000000000ull, sign = 0x8000000000000000ull,
+                        nan = 0x7ff8000000000000ull, one = 0x3ff0000000000000ull;
+};
+template <>
+struct FloatBits<c10::Half> {
+  using type = uint16_t;
+  static constexpr type exponent = 0x7c00, sign = 0x8000, nan = 0x7e00, one = 0x3c00;
+};
+template <>
+struct FloatBits<c10::BFloat16> {
+  using type = uint16_t;
+  static constexpr type exponent = 0x7f80, sign = 0x8000, nan = 0x7fc0, one = 0x3f80;
+};
+
+template <typename scalar_t>
+FGREID_INLINE typename FloatBits<scalar_t>::type bits_of(const scalar_t& v) {
+  typename FloatBits<scalar_t>::type b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+// x * 0 as IEEE arithmetic gives it: a zero with x's sign, or NaN when x is inf or NaN.
+template <typename scalar_t>
+FGREID_INLINE typename FloatBits<scalar_t>::type times_zero(typename FloatBits<scalar_t>::type x) {
+  using B = FloatBits<scalar_t>;
+  return (x & B::exponent) == B::exponent ? B::nan : static_cast<typename FloatBits<scalar_t>::type>(x & B::sign);
+}
+
+// out[i] = x[i] * m[i] for m[i] in {0, 1} (bit patterns exactly +0 or 1).
+template <typename scalar_t>
+FGREID_CPU_CLONES void select_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
+  using bits_t = typename FloatBits<scalar_t>::type;
 #pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const bits_t xb = bits_of(x[i]);
+    const bits_t r = bits_of(m[i]) != 0 ? xb : times_zero<scalar_t>(xb);
+    std::memcpy(&out[i], &r, sizeof r);
+  }
+}
+
+// out[i] = x[i] * m for one m in {0, 1}.
+template <typename scalar_t>
+FGREID_CPU_CLONES void select_scalar(const scalar_t* x, bool keep, scalar_t* out, int64_t len) {
+  using bits_t = typename FloatBits<scalar_t>::type;
+  if (keep) {
+    std::memcpy(out, x, len * sizeof(scalar_t));
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const bits_t r = times_zero<scalar_t>(bits_of(x[i]));
+    std::memcpy(&out[i], &r, sizeof r);
+  }
+}
+
+// General products, for a mask with values other than 0 and 1 (direct calls of the backward op).
+template <typename scalar_t, typename acc_t>
+void mul_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
   for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(m[i]));
 }
 
-template <typename scalar_t, typename acc_t>
-FGREID_CPU_CLONES void mul_scalar(const scalar_t* x, acc_t m, scalar_t* out, int64_t len) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * m);
+template <typename scalar_t>
+bool is_binary(const scalar_t* m, int64_t len) {
+  using B = FloatBits<scalar_t>;
+  for (int64_t i = 0; i < len; ++i) {
+    const auto b = bits_of(m[i]);
+    if (b != 0 && b != B::one) return false;
+  }
+  return true;
 }
 
-// out = x * mask with mask [N, 1, H, W] broadcast over channels (an IEEE product, so that
-// inf or NaN times a 0 of the mask is NaN, as in f2 * mask). x and out share their layout:
-// contiguous or channels_last.
+// out = x * mask with mask [N, 1, H, W] broadcast over channels, as IEEE products (inf or NaN
+// times a 0 of the mask is NaN, as in f2 * mask). x and out share their layout: contiguous or
+// channels_last.
 template <typename scalar_t>
 void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -160,11 +235,17 @@ void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& ou
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   const scalar_t* md = mask.const_data_ptr<scalar_t>();
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  const bool binary = is_binary(md, N * HW);
   if (is_channels_last_4d(x)) {
     const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
     at::parallel_for(0, N * HW, grain, [&](int64_t begin, int64_t end) {
       for (int64_t pos = begin; pos < end; ++pos) {
-        mul_scalar(xd + pos * C, static_cast<acc_t>(md[pos]), od + pos * C, C);
+        if (binary) {
+          select_scalar(xd + pos * C, bits_of(md[pos]) != 0, od + pos * C, C);
+        } else {
+          const acc_t m = static_cast<acc_t>(md[pos]);
+          for (int64_t c = 0; c < C; ++c) od[pos * C + c] = static_cast<scalar_t>(static_cast<acc_t>(xd[pos * C + c]) * m);
+        }
       }
     });
     return;
@@ -172,7 +253,11 @@ void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& ou
   const int64_t grain = std::max<int64_t>(1, kGrainElements / HW);
   at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      mul_rows<scalar_t, acc_t>(xd + row * HW, md + (row / C) * HW, od + row * HW, HW);
+      if (binary) {
+        select_rows(xd + row * HW, md + (row / C) * HW, od + row * HW, HW);
+      } else {
+        mul_rows<scalar_t, acc_t>(xd + row * HW, md + (row / C) * HW, od + row * HW, HW);
+      }
     }
   });
 }
