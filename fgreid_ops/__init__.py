@@ -8,6 +8,7 @@ from ._backend import use_reference
 from . import triton as _triton_kernels  # noqa: F401  (registers Triton kernels when available)
 from .ops import EvaluationResult, evaluate, evaluate_features, gem, off
 from .evaluation import FGPRResult, evaluate_fgpr, evaluate_mars, tracklet_features
+from .ops import gem, topk_mask
 from . import nn, reference
 
 __version__ = "0.1.0"
@@ -15,3 +16,4 @@ __version__ = "0.1.0"
 __all__ = ["gem", "off", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels",
            "evaluate", "evaluate_features", "EvaluationResult", "evaluate_mars", "evaluate_fgpr",
            "FGPRResult", "tracklet_features"]
+__all__ = ["gem", "topk_mask", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]

@@ -5,3 +5,6 @@ from .gem import gem
 from .off import off
 
 __all__ = ["gem", "off", "evaluate", "evaluate_features", "EvaluationResult"]
+from .topk_mask import topk_mask
+
+__all__ = ["gem", "topk_mask"]

@@ -5,3 +5,6 @@ from .gem import gem_reference
 from .off import off_reference
 
 __all__ = ["gem_reference", "off_reference", "evaluate_reference", "per_query_reference", "distance_reference"]
+from .topk_mask import topk_mask_reference
+
+__all__ = ["gem_reference", "topk_mask_reference"]

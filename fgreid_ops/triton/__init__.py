@@ -16,3 +16,5 @@ DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 if AVAILABLE:
     from . import evaluate, gem  # noqa: F401
+    from . import gem  # noqa: F401
+    from . import topk_mask  # noqa: F401
