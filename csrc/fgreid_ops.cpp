@@ -23,4 +23,41 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "mask_upsample_mul_backward(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool,"
       " bool need_grad_feat, bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)");
+  // OFF (SPEC §2). off: a, b [..., C, H, W] -> [..., 3C, H, W] = [Sx(a), Sy(a), b - a];
+  // off_backward returns grad_a only (grad_b is a view of grad_out). off_segment: x [N, T, C, H, W]
+  // -> off(x[:, :-stride], x[:, stride:]); its backward writes grad_x [N, T, C, H, W] in one pass.
+  m.def("off(Tensor a, Tensor b) -> Tensor");
+  m.def("off_backward(Tensor grad_out) -> Tensor");
+  m.def("off_segment(Tensor x, int stride) -> Tensor");
+  m.def("off_segment_backward(Tensor grad_out, int stride) -> Tensor");
+  // Rank evaluation (SPEC §6). `evaluate` takes the whole distance matrix; a streamed evaluation
+  // calls evaluate_matches once, evaluate_count per gallery chunk (accumulating into counts) and
+  // evaluate_finalize. Per query: first_hit is the 1-based rank of the first match (-1 when the
+  // query has no match and is skipped), ap its average precision, inp its inverse negative
+  // penalty (float64, NaN when skipped). Match lists are CSR: match_offsets [Q + 1].
+  m.def(
+      "evaluate(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids,"
+      " int? junk_pid) -> (Tensor first_hit, Tensor ap, Tensor inp)");
+  m.def(
+      "evaluate_triton(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids,"
+      " Tensor g_camids, int? junk_pid) -> (Tensor first_hit, Tensor ap, Tensor inp)");
+  m.def(
+      "evaluate_matches(Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids,"
+      " int? junk_pid) -> (Tensor match_offsets, Tensor match_index)");
+  m.def(
+      "evaluate_count(Tensor dist, Tensor q_pids, Tensor g_pids, int g_start, Tensor match_offsets,"
+      " Tensor match_index, Tensor match_dist, int? junk_pid, Tensor(a!) counts) -> ()");
+  m.def(
+      "evaluate_count_triton(Tensor dist, Tensor q_pids, Tensor g_pids, int g_start,"
+      " Tensor match_offsets, Tensor match_index, Tensor match_dist, int? junk_pid,"
+      " Tensor(a!) counts) -> ()");
+  m.def(
+      "evaluate_finalize(Tensor match_offsets, Tensor match_index, Tensor match_dist,"
+      " Tensor counts) -> (Tensor first_hit, Tensor ap, Tensor inp)");
+  // Top-k attention exploration (SPEC §4, CUHS eq. 5-6). mask is [N, 1, H, W] in f2's dtype;
+  // the backward is grad_f2 = grad_out * mask (f1 gets no gradient).
+  m.def("topk_mask(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
+  m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
+  m.def("topk_mask_triton(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
+  m.def("topk_mask_triton_backward(Tensor grad_out, Tensor mask) -> Tensor");
 }
