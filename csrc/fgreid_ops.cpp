@@ -16,4 +16,17 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
+
+  // Batch-hard triplet mining (SPEC §5): for each anchor row of emb, the index into ref_emb of
+  // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
+  // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.
+  // distance is "euclidean", "sqeuclidean" or "cosine" (= 1 - a.b: the caller L2-normalizes the
+  // rows first). The B x M distance matrix is never stored. The loss and its gradient are
+  // computed in Python from the selected rows (fgreid_ops/ops/batch_hard_triplet.py).
+  m.def(
+      "batch_hard_triplet_mine(Tensor emb, Tensor labels, Tensor ref_emb, Tensor ref_labels,"
+      " str distance) -> (Tensor idx_p, Tensor idx_n)");
+  m.def(
+      "batch_hard_triplet_mine_triton(Tensor emb, Tensor labels, Tensor ref_emb,"
+      " Tensor ref_labels, str distance) -> (Tensor idx_p, Tensor idx_n)");
 }

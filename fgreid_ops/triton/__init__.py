@@ -16,3 +16,4 @@ DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 if AVAILABLE:
     from . import gem  # noqa: F401
+    from . import batch_hard_triplet  # noqa: F401
