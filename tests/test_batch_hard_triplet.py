@@ -293,11 +293,17 @@ def test_nan_propagates(backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_opcheck(backend, device):
-    op = torch.ops.fgreid.batch_hard_triplet_mine_triton if backend == "triton" else torch.ops.fgreid.batch_hard_triplet_mine
+    name = "batch_hard_triplet_mine_triton" if backend == "triton" else "batch_hard_triplet_mine"
+    op, backward = getattr(torch.ops.fgreid, name), getattr(torch.ops.fgreid, name + "_backward")
     emb, labels = make_batch(10, 8, torch.float32, device, n_ids=3)
     ref, ref_labels = make_batch(17, 8, torch.float32, device, n_ids=4, seed=7)
     torch.library.opcheck(op, (emb, labels, emb, labels, "euclidean"))
-    torch.library.opcheck(op, (to_layout_2d(emb, "transposed").half(), labels, ref.half(), ref_labels, "cosine"))
+    torch.library.opcheck(op, (to_layout_2d(emb, "transposed").requires_grad_(), labels, ref.requires_grad_(), ref_labels, "sqeuclidean"))
+    torch.library.opcheck(op, (emb.half(), labels, ref.detach().half(), ref_labels, "cosine"))
+    d_ap, d_an, idx_p, idx_n = op(emb, labels, ref.detach(), ref_labels, "euclidean")
+    grads = (torch.rand_like(d_ap), torch.rand_like(d_an))
+    torch.library.opcheck(backward, (*grads, emb, ref.detach(), idx_p, idx_n, d_ap, d_an, "euclidean", True))
+    torch.library.opcheck(backward, (*grads, emb.half(), ref.detach().half(), idx_p, idx_n, d_ap, d_an, "cosine", False))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

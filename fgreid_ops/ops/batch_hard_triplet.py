@@ -1,11 +1,10 @@
-"""Batch-hard triplet loss (SPEC §5): the public function, the mining op's fake, and the loss.
+"""Batch-hard triplet loss (SPEC §5): the public function, the fakes and autograd of the mining op.
 
-The heavy part, finding each anchor's hardest positive and negative among the references, is
-the registered op fgreid::batch_hard_triplet_mine (CPU C++) / _mine_triton (Triton): it streams
-the references and returns two index vectors, never the B×M distance matrix. Everything after
-it works on [B] vectors and B gathered rows: the selected distances are recomputed from the
-rows (O(B·D)), so autograd reaches emb and ref_emb through the selected pairs only and no
-backward op is needed."""
+The registered op fgreid::batch_hard_triplet_mine (CPU C++) / _mine_triton (Triton) streams the
+references, finds each anchor's hardest positive and negative and returns their distances and
+indices, never the B×M distance matrix. Its backward op uses the saved indices: O(B·D) work,
+reaching emb and ref_emb through the selected pairs only. The margin, the soft margin and the
+reduction act on the [B] distance vectors in plain PyTorch."""
 
 import torch
 import torch.nn.functional as F
@@ -65,16 +64,6 @@ def _check_loss_args(margin, reduction, normalize, return_indices):
             raise TypeError(f"fgreid_ops.{_OP}: expected {name} to be a bool, got {type(value).__name__}")
 
 
-def _pair_distance(x, y, distance):
-    """Distance between matching rows. Written as |x − y|², not |x|² + |y|² − 2x·y: the same
-    value without the cancellation, and exactly 0 (gradient 0 through the clamp) for a row
-    paired with itself."""
-    if distance == "cosine":
-        return 1 - (x * y).sum(1)
-    sq = (x - y).pow(2).sum(1)
-    return sq.clamp(min=1e-12).sqrt() if distance == "euclidean" else sq
-
-
 def batch_hard_triplet(
     emb: torch.Tensor,
     labels: torch.Tensor,
@@ -105,8 +94,8 @@ def batch_hard_triplet(
     without a positive, contributes 0 and gets index -1. Ties go to the lower reference index.
     A NaN distance wins the search, so NaN embeddings give a NaN loss, as in the dense version.
     The search compares |a|² + |b|² − 2a·b with float32 accumulation (float64 for float64
-    input); the loss then recomputes the two selected distances in that precision as |a − b|²,
-    so a pair of equal rows (the anchor and itself) has d = 1e-6 and gradient exactly 0.
+    input); the two selected distances are then computed in that precision as |a − b|², so a
+    pair of equal rows (the anchor and itself) has d = 1e-6 and gradient exactly 0.
     Identities may have any number of samples.
 
     Args:
@@ -140,19 +129,14 @@ def batch_hard_triplet(
             normalize=normalize, reduction=reduction, return_indices=return_indices,
         )
 
-    compute = torch.float64 if emb.dtype == torch.float64 else torch.float32
-    a = emb.to(compute)
-    b = a if self_ref else b_emb.to(compute)
-    mine_a, mine_b = emb, b_emb
+    a, b = emb, b_emb
     if normalize or distance == "cosine":
-        a = F.normalize(a, dim=1)
-        b = a if self_ref else F.normalize(b, dim=1)
-        mine_a, mine_b = a, b
+        # in float32 for half input: the search and the distances then see the same rows
+        compute = torch.float64 if emb.dtype == torch.float64 else torch.float32
+        a = F.normalize(emb.to(compute), dim=1)
+        b = a if self_ref else F.normalize(b_emb.to(compute), dim=1)
     mine = torch.ops.fgreid.batch_hard_triplet_mine_triton if backend == "triton" else torch.ops.fgreid.batch_hard_triplet_mine
-    idx_p, idx_n = mine(mine_a.detach(), labels, mine_b.detach(), b_labels, distance)
-
-    d_ap = _pair_distance(a, b.index_select(0, idx_p.clamp(min=0)), distance)
-    d_an = _pair_distance(a, b.index_select(0, idx_n.clamp(min=0)), distance)
+    d_ap, d_an, idx_p, idx_n = mine(a, labels, b, b_labels, distance)
     loss = F.relu(d_ap - d_an + margin) if margin else F.softplus(d_ap - d_an)
     loss = torch.where((idx_p >= 0) & (idx_n >= 0), loss, 0.0)
     if reduction == "mean":
@@ -163,11 +147,52 @@ def batch_hard_triplet(
     return (loss, idx_p, idx_n) if return_indices else loss
 
 
+def _acc_dtype(emb):
+    return torch.float64 if emb.dtype == torch.float64 else torch.float32
+
+
 def _fake_mine(emb, labels, ref_emb, ref_labels, distance):
     check_mine_inputs(emb, labels, ref_emb, ref_labels, distance)
-    return emb.new_empty((emb.shape[0],), dtype=torch.int64), emb.new_empty((emb.shape[0],), dtype=torch.int64)
+    B = emb.shape[0]
+    d_ap = emb.new_empty((B,), dtype=_acc_dtype(emb))
+    d_an = emb.new_empty((B,), dtype=_acc_dtype(emb))
+    return d_ap, d_an, emb.new_empty((B,), dtype=torch.int64), emb.new_empty((B,), dtype=torch.int64)
+
+
+def _fake_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance, need_ref_grad):
+    grad_ref = ref_emb.new_empty(ref_emb.shape if need_ref_grad else (0,))
+    return emb.new_empty(emb.shape), grad_ref
+
+
+def _setup_context(ctx, inputs, output):
+    emb, _, ref_emb, _, distance = inputs
+    d_ap, d_an, idx_p, idx_n = output
+    ctx.save_for_backward(emb, ref_emb, idx_p, idx_n, d_ap, d_an)
+    ctx.distance = distance
+    ctx.mark_non_differentiable(idx_p, idx_n)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_d_ap, grad_d_an, _grad_idx_p, _grad_idx_n):
+        emb, ref_emb, idx_p, idx_n, d_ap, d_an = ctx.saved_tensors
+        if grad_d_ap is None:
+            grad_d_ap = torch.zeros_like(d_ap)
+        if grad_d_an is None:
+            grad_d_an = torch.zeros_like(d_an)
+        need_ref_grad = ctx.needs_input_grad[2]
+        grad_emb, grad_ref = backward_op(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
+                                         ctx.distance, need_ref_grad)
+        return grad_emb, None, grad_ref if need_ref_grad else None, None, None
+
+    return backward
 
 
 if has_extension():
     for _name in ("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"):
         torch.library.register_fake(f"fgreid::{_name}")(_fake_mine)
+        torch.library.register_fake(f"fgreid::{_name}_backward")(_fake_backward)
+        torch.library.register_autograd(
+            f"fgreid::{_name}",
+            _make_backward(getattr(torch.ops.fgreid, f"{_name}_backward")),
+            setup_context=_setup_context,
+        )

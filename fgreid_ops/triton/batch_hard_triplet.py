@@ -156,11 +156,154 @@ def mine(emb, labels, ref_emb, ref_labels, distance, splits=None):
     return _merge_splits(key_p, idx_p, largest=True), _merge_splits(key_n, idx_n, largest=False)
 
 
+@triton.jit
+def _pair_distance_kernel(
+    a_ptr, b_ptr, idx_ptr, out_ptr, B, D, stride_ab, stride_ad, stride_bb, stride_bd,
+    COSINE: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out[i] = d(a_i, b_idx[i]) for the selected pairs, 0 where idx[i] < 0: 1 − a·b (cosine),
+    s = |a − b|² (sqeuclidean) or sqrt(max(s, 1e-12)) (euclidean; |a − b|² has no
+    cancellation and is exactly 0 for a row paired with itself)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    idx = tl.load(idx_ptr + rows, mask=row_ok, other=-1)
+    ok = row_ok & (idx >= 0)
+    acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+    for k0 in range(0, D, BLOCK_D):
+        ks = k0 + tl.arange(0, BLOCK_D)
+        mask = ok[:, None] & (ks < D)[None, :]
+        a = tl.load(a_ptr + rows[:, None] * stride_ab + ks[None, :] * stride_ad, mask=mask, other=0.0).to(ACC)
+        b = tl.load(b_ptr + idx[:, None] * stride_bb + ks[None, :] * stride_bd, mask=mask, other=0.0).to(ACC)
+        if COSINE:
+            acc += a * b
+        else:
+            acc += (a - b) * (a - b)
+    s = tl.sum(acc, axis=1)
+    if COSINE:
+        d = 1.0 - s
+    elif SQUARED:
+        d = s
+    else:
+        d = tl.sqrt(tl.where(s < 1e-12, 1e-12, s))
+    tl.store(out_ptr + rows, tl.where(ok, d, 0.0), mask=row_ok)
+
+
+@triton.jit
+def _pair_backward_kernel(
+    a_ptr, b_ptr, idx_p_ptr, idx_n_ptr, gp_ptr, gn_ptr, dp_ptr, dn_ptr,
+    grad_a_ptr, contrib_p_ptr, contrib_n_ptr, B, D,
+    stride_ab, stride_ad, stride_bb, stride_bd,
+    COSINE: tl.constexpr, SQUARED: tl.constexpr, NEED_REF: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """With c = g / d where |a − b|² >= 1e-12 else 0 (euclidean), 2g (sqeuclidean), −g (cosine),
+    0 for a missing pair: grad_a = c_p (a − b_p) + c_n (a − b_n) and the contribution to the
+    selected reference rows −c (a − b); for cosine grad_a = c_p b_p + c_n b_n and c a."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    ip = tl.load(idx_p_ptr + rows, mask=row_ok, other=-1)
+    i_n = tl.load(idx_n_ptr + rows, mask=row_ok, other=-1)
+    ok_p = row_ok & (ip >= 0)
+    ok_n = row_ok & (i_n >= 0)
+    cp = tl.load(gp_ptr + rows, mask=ok_p, other=0.0).to(ACC)
+    cn = tl.load(gn_ptr + rows, mask=ok_n, other=0.0).to(ACC)
+    if COSINE:
+        cp = -cp
+        cn = -cn
+    elif SQUARED:
+        cp = 2.0 * cp
+        cn = 2.0 * cn
+    else:
+        sp = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+        sn = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+        for k0 in range(0, D, BLOCK_D):
+            ks = k0 + tl.arange(0, BLOCK_D)
+            k_ok = (ks < D)[None, :]
+            a = tl.load(a_ptr + rows[:, None] * stride_ab + ks[None, :] * stride_ad, mask=row_ok[:, None] & k_ok, other=0.0).to(ACC)
+            bp = tl.load(b_ptr + ip[:, None] * stride_bb + ks[None, :] * stride_bd, mask=ok_p[:, None] & k_ok, other=0.0).to(ACC)
+            bn = tl.load(b_ptr + i_n[:, None] * stride_bb + ks[None, :] * stride_bd, mask=ok_n[:, None] & k_ok, other=0.0).to(ACC)
+            sp += (a - bp) * (a - bp)
+            sn += (a - bn) * (a - bn)
+        dp = tl.load(dp_ptr + rows, mask=ok_p, other=1.0).to(ACC)
+        dn = tl.load(dn_ptr + rows, mask=ok_n, other=1.0).to(ACC)
+        cp = tl.where(tl.sum(sp, axis=1) >= 1e-12, cp / dp, 0.0)
+        cn = tl.where(tl.sum(sn, axis=1) >= 1e-12, cn / dn, 0.0)
+    for k0 in range(0, D, BLOCK_D):
+        ks = k0 + tl.arange(0, BLOCK_D)
+        k_ok = (ks < D)[None, :]
+        a = tl.load(a_ptr + rows[:, None] * stride_ab + ks[None, :] * stride_ad, mask=row_ok[:, None] & k_ok, other=0.0).to(ACC)
+        bp = tl.load(b_ptr + ip[:, None] * stride_bb + ks[None, :] * stride_bd, mask=ok_p[:, None] & k_ok, other=0.0).to(ACC)
+        bn = tl.load(b_ptr + i_n[:, None] * stride_bb + ks[None, :] * stride_bd, mask=ok_n[:, None] & k_ok, other=0.0).to(ACC)
+        out = rows[:, None] * D + ks[None, :]
+        if COSINE:
+            ga = cp[:, None] * bp + cn[:, None] * bn
+            to_p = cp[:, None] * a
+            to_n = cn[:, None] * a
+        else:
+            ga = cp[:, None] * (a - bp) + cn[:, None] * (a - bn)
+            to_p = -cp[:, None] * (a - bp)
+            to_n = -cn[:, None] * (a - bn)
+        tl.store(grad_a_ptr + out, ga.to(grad_a_ptr.dtype.element_ty), mask=row_ok[:, None] & k_ok)
+        if NEED_REF:  # rows of missing pairs are 0, so their index may be clamped to 0
+            tl.store(contrib_p_ptr + out, tl.where(ok_p[:, None], to_p, 0.0), mask=row_ok[:, None] & k_ok)
+            tl.store(contrib_n_ptr + out, tl.where(ok_n[:, None], to_n, 0.0), mask=row_ok[:, None] & k_ok)
+
+
+def _row_blocks(D):
+    block_d = min(triton.next_power_of_2(D), 128)
+    return max(1, 2048 // block_d), block_d
+
+
+def _acc(x):
+    return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def pair_distances(emb, ref_emb, idx, distance):
+    B, D = emb.shape
+    acc_torch, acc_tl = _acc(emb)
+    out = emb.new_empty((B,), dtype=acc_torch)
+    block_b, block_d = _row_blocks(D)
+    _pair_distance_kernel[(triton.cdiv(B, block_b),)](
+        emb, ref_emb, idx, out, B, D, emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
+        COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", ACC=acc_tl,
+        BLOCK_B=block_b, BLOCK_D=block_d,
+    )
+    return out
+
+
 def batch_hard_triplet_mine_triton(emb, labels, ref_emb, ref_labels, distance):
     from ..ops.batch_hard_triplet import check_mine_inputs
 
     check_mine_inputs(emb, labels, ref_emb, ref_labels, distance)
-    return mine(emb, labels, ref_emb, ref_labels, distance)
+    idx_p, idx_n = mine(emb, labels, ref_emb, ref_labels, distance)
+    return pair_distances(emb, ref_emb, idx_p, distance), pair_distances(emb, ref_emb, idx_n, distance), idx_p, idx_n
+
+
+def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
+                                            distance, need_ref_grad):
+    B, D = emb.shape
+    acc_torch, acc_tl = _acc(emb)
+    grad_emb = emb.new_empty((B, D))
+    contrib = [emb.new_empty((B, D) if need_ref_grad else (1,), dtype=acc_torch) for _ in range(2)]
+    block_b, block_d = _row_blocks(D)
+    _pair_backward_kernel[(triton.cdiv(B, block_b),)](
+        emb, ref_emb, idx_p.contiguous(), idx_n.contiguous(), grad_d_ap.contiguous(), grad_d_an.contiguous(),
+        d_ap.contiguous(), d_an.contiguous(), grad_emb, contrib[0], contrib[1], B, D,
+        emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
+        COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", NEED_REF=need_ref_grad, ACC=acc_tl,
+        BLOCK_B=block_b, BLOCK_D=block_d,
+    )
+    if not need_ref_grad:
+        return grad_emb, ref_emb.new_empty((0,))
+    # accumulate=True sums rows picked by several anchors (sort-based, deterministic on CUDA)
+    grad_ref = ref_emb.new_zeros(ref_emb.shape, dtype=acc_torch)
+    for idx, rows in zip((idx_p, idx_n), contrib):
+        grad_ref.index_put_((idx.clamp(min=0),), rows, accumulate=True)
+    return grad_emb, grad_ref.to(ref_emb.dtype)
 
 
 torch.library.register_kernel("fgreid::batch_hard_triplet_mine_triton", DEVICES, batch_hard_triplet_mine_triton)
+torch.library.register_kernel(
+    "fgreid::batch_hard_triplet_mine_triton_backward", DEVICES, batch_hard_triplet_mine_triton_backward
+)
