@@ -21,7 +21,8 @@ TORCH_LIBRARY(fgreid, m) {
   // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
   // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.
   // distance is "euclidean", "sqeuclidean" or "cosine" (= 1 - a.b: the caller L2-normalizes the
-  // rows first). d_ap, d_an are the distances of the selected pairs (0 where none) in float32
+  // rows first). d_ap, d_an are the distances of the selected pairs (-inf / +inf where none, so
+  // that relu(d_ap - d_an + margin) is 0 there) in float32
   // (float64 for float64 input). The B x M distance matrix is never stored. The backward takes
   // the gradients of d_ap, d_an and uses the saved indices: grad_ref is empty unless
   // need_ref_grad. The loss itself is computed in Python (fgreid_ops/ops/batch_hard_triplet.py).

@@ -33,6 +33,7 @@ namespace {
 constexpr int64_t kBlock = 256;
 // Beyond this batch the symmetric path's tiles (B / 64 rows) would outgrow the cache.
 constexpr int64_t kMaxSymmetricBatch = 64 * 1024;
+constexpr int64_t kMinSymmetricBlock = 64;
 
 template <typename acc_t>
 FGREID_CPU_CLONES void row_squared_norms(const acc_t* x, int64_t rows, int64_t D, acc_t* out) {
@@ -223,9 +224,11 @@ template <typename acc_t>
 void mine_symmetric(const MineProblem<acc_t>& pb, int64_t* idx_p, int64_t* idx_n) {
   const int64_t B = pb.B;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  // at least ~2 tiles per thread, and no more than 64 blocks so that `partial` stays O(B)
-  const int64_t block = std::clamp<int64_t>(
-      std::max(((B + 2 * threads - 1) / (2 * threads) + 7) / 8 * 8, (B + 63) / 64), 8, std::max(kBlock, (B + 63) / 64));
+  // ~2 tiles per thread, but blocks of at least 64 rows (below that the per-gemm overhead
+  // dominates) and at most 64 blocks, so that `partial` stays O(B)
+  const int64_t per_thread = ((B + 2 * threads - 1) / (2 * threads) + 7) / 8 * 8;
+  const int64_t block = std::min(std::max({per_thread, kMinSymmetricBlock, (B + 63) / 64}),
+                                 std::max(kBlock, (B + 63) / 64));
   const int64_t n_blocks = (B + block - 1) / block;
   std::vector<std::pair<int64_t, int64_t>> tiles;
   for (int64_t I = 0; I < n_blocks; ++I) {
@@ -303,7 +306,7 @@ void mine_kernel(const at::Tensor& a, const int64_t* la, const at::Tensor& b, co
   }
 }
 
-// d(a_i, b_j) of the selected pairs, 0 where an anchor has no such reference. Written as
+// d(a_i, b_j) of the selected pairs. Written as
 // |a - b|^2 rather than |a|^2 + |b|^2 - 2 a.b: no cancellation, and exactly 0 for a row paired
 // with itself (the anchor as its own hardest positive).
 template <typename acc_t>
@@ -330,12 +333,14 @@ acc_t pair_distance(const acc_t* x, const acc_t* y, int64_t D, TripletDistance d
   return std::sqrt(s < acc_t(1e-12) ? acc_t(1e-12) : s);  // NaN stays NaN
 }
 
+// `missing` (-inf for d_ap, +inf for d_an) where an anchor has no such reference: then
+// d_ap - d_an = -inf, and relu / softplus give exactly 0 with gradient 0, without a mask.
 template <typename acc_t>
 void pair_distances(const acc_t* a, const acc_t* b, const int64_t* idx, int64_t B, int64_t D,
-                    TripletDistance distance, acc_t* out) {
+                    TripletDistance distance, acc_t missing, acc_t* out) {
   at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      out[i] = idx[i] < 0 ? acc_t(0) : pair_distance(a + i * D, b + idx[i] * D, D, distance);
+      out[i] = idx[i] < 0 ? missing : pair_distance(a + i * D, b + idx[i] * D, D, distance);
     }
   });
 }
@@ -375,8 +380,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_hard_triplet_mi
                           idx_n.mutable_data_ptr<int64_t>());
     const scalar_t* a = rows.a.const_data_ptr<scalar_t>();
     const scalar_t* b = rows.b.const_data_ptr<scalar_t>();
-    pair_distances(a, b, idx_p.const_data_ptr<int64_t>(), B, D, distance, d_ap.mutable_data_ptr<scalar_t>());
-    pair_distances(a, b, idx_n.const_data_ptr<int64_t>(), B, D, distance, d_an.mutable_data_ptr<scalar_t>());
+    constexpr scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+    pair_distances(a, b, idx_p.const_data_ptr<int64_t>(), B, D, distance, -inf, d_ap.mutable_data_ptr<scalar_t>());
+    pair_distances(a, b, idx_n.const_data_ptr<int64_t>(), B, D, distance, inf, d_an.mutable_data_ptr<scalar_t>());
   });
   return {d_ap, d_an, idx_p, idx_n};
 }

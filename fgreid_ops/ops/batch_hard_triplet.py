@@ -137,8 +137,8 @@ def batch_hard_triplet(
         b = a if self_ref else F.normalize(b_emb.to(compute), dim=1)
     mine = torch.ops.fgreid.batch_hard_triplet_mine_triton if backend == "triton" else torch.ops.fgreid.batch_hard_triplet_mine
     d_ap, d_an, idx_p, idx_n = mine(a, labels, b, b_labels, distance)
+    # d_ap = -inf / d_an = +inf for anchors without a positive / negative: their loss is 0
     loss = F.relu(d_ap - d_an + margin) if margin else F.softplus(d_ap - d_an)
-    loss = torch.where((idx_p >= 0) & (idx_n >= 0), loss, 0.0)
     if reduction == "mean":
         loss = loss.mean()
     elif reduction == "sum":

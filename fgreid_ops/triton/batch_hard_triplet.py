@@ -159,10 +159,11 @@ def mine(emb, labels, ref_emb, ref_labels, distance, splits=None):
 @triton.jit
 def _pair_distance_kernel(
     a_ptr, b_ptr, idx_ptr, out_ptr, B, D, stride_ab, stride_ad, stride_bb, stride_bd,
-    COSINE: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
+    MISSING: tl.constexpr, COSINE: tl.constexpr, SQUARED: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """out[i] = d(a_i, b_idx[i]) for the selected pairs, 0 where idx[i] < 0: 1 − a·b (cosine),
+    """out[i] = d(a_i, b_idx[i]) for the selected pairs, MISSING where idx[i] < 0 (−inf for
+    d_ap, +inf for d_an: relu(d_ap − d_an + margin) is then 0 without a mask): 1 − a·b (cosine),
     s = |a − b|² (sqeuclidean) or sqrt(max(s, 1e-12)) (euclidean; |a − b|² has no
     cancellation and is exactly 0 for a row paired with itself)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -186,7 +187,7 @@ def _pair_distance_kernel(
         d = s
     else:
         d = tl.sqrt(tl.where(s < 1e-12, 1e-12, s))
-    tl.store(out_ptr + rows, tl.where(ok, d, 0.0), mask=row_ok)
+    tl.store(out_ptr + rows, tl.where(ok, d, MISSING), mask=row_ok)
 
 
 @triton.jit
@@ -259,14 +260,14 @@ def _acc(x):
     return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
 
 
-def pair_distances(emb, ref_emb, idx, distance):
+def pair_distances(emb, ref_emb, idx, distance, missing):
     B, D = emb.shape
     acc_torch, acc_tl = _acc(emb)
     out = emb.new_empty((B,), dtype=acc_torch)
     block_b, block_d = _row_blocks(D)
     _pair_distance_kernel[(triton.cdiv(B, block_b),)](
         emb, ref_emb, idx, out, B, D, emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
-        COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", ACC=acc_tl,
+        MISSING=missing, COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", ACC=acc_tl,
         BLOCK_B=block_b, BLOCK_D=block_d,
     )
     return out
@@ -277,7 +278,9 @@ def batch_hard_triplet_mine_triton(emb, labels, ref_emb, ref_labels, distance):
 
     check_mine_inputs(emb, labels, ref_emb, ref_labels, distance)
     idx_p, idx_n = mine(emb, labels, ref_emb, ref_labels, distance)
-    return pair_distances(emb, ref_emb, idx_p, distance), pair_distances(emb, ref_emb, idx_n, distance), idx_p, idx_n
+    d_ap = pair_distances(emb, ref_emb, idx_p, distance, float("-inf"))
+    d_an = pair_distances(emb, ref_emb, idx_n, distance, float("inf"))
+    return d_ap, d_an, idx_p, idx_n
 
 
 def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
