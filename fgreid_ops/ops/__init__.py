@@ -7,3 +7,6 @@ from .off import off
 from .topk_mask import topk_mask
 
 __all__ = ["evaluate", "evaluate_features", "EvaluationResult", "gem", "mask_upsample_mul", "off", "topk_mask"]
+from .batch_hard_triplet import batch_hard_triplet
+
+__all__ = ["gem", "batch_hard_triplet"]

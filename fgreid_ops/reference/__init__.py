@@ -8,3 +8,6 @@ from .topk_mask import topk_mask_reference
 
 __all__ = ["distance_reference", "evaluate_reference", "per_query_reference", "gem_reference",
            "mask_upsample_mul_reference", "off_reference", "topk_mask_reference"]
+from .batch_hard_triplet import batch_hard_triplet_reference
+
+__all__ = ["gem_reference", "batch_hard_triplet_reference"]
