@@ -76,14 +76,21 @@ class HSL(nn.Module):
         if self.frozen:
             pooled = pooled.detach()
         params = self.fc(pooled)  # [N, 4] = s_x, s_y, t_x, t_y
-        sx, sy, tx, ty = params.unbind(1)
-        zero = torch.zeros_like(sx)
-        theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
         n, c, h, w = f.shape
         size = self.out_size or (max(1, h // 3), w)
-        grid = F.affine_grid(theta, [n, c, size[0], size[1]], align_corners=False)
+        grid = scale_translate_grid(params, size)
         crop = F.grid_sample(f, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return crop, params_to_box(params)
+
+
+def scale_translate_grid(params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 7's sampling grid: F.affine_grid(θ, [N, ·, *size], align_corners=False) for
+    θ = [[s_x, 0, t_x], [0, s_y, t_y]] (params [N, 4] = s_x, s_y, t_x, t_y), written out because
+    affine_grid's backward has no fake-tensor kernel for torch.compile to trace."""
+    sx, sy, tx, ty = (v[:, None, None] for v in params.unbind(1))
+    xs = (torch.arange(size[1], dtype=params.dtype, device=params.device) * 2 + 1) / size[1] - 1
+    ys = (torch.arange(size[0], dtype=params.dtype, device=params.device) * 2 + 1) / size[0] - 1
+    return torch.stack(torch.broadcast_tensors(sx * xs[None, None, :] + tx, sy * ys[None, :, None] + ty), dim=-1)
 
 
 def params_to_box(params: torch.Tensor) -> torch.Tensor:

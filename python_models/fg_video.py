@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _ops
+from .cuhs import scale_translate_grid
 from .resnet import ResNet
 
 # Keypoint order of the paper (Sec. 4.2).
@@ -99,10 +100,7 @@ def part_boxes(keypoints: torch.Tensor, margin: float = 0.05, min_size: float = 
 def crop(images: torch.Tensor, box: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear crop of box (x0, y0, x1, y1) ∈ [0, 1] from images [B, 3, H, W] to [B, 3, *size]."""
     x0, y0, x1, y1 = box.unbind(1)
-    zero = torch.zeros_like(x0)
-    theta = torch.stack([torch.stack([x1 - x0, zero, x0 + x1 - 1], 1),
-                         torch.stack([zero, y1 - y0, y0 + y1 - 1], 1)], 1)
-    grid = F.affine_grid(theta, [images.shape[0], images.shape[1], size[0], size[1]], align_corners=False)
+    grid = scale_translate_grid(torch.stack([x1 - x0, y1 - y0, x0 + x1 - 1, y0 + y1 - 1], 1), size)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

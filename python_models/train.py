@@ -118,6 +118,7 @@ def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        loss = loss.detach()
         history.append(float(loss))
         steps += 1
         if hasattr(bar, "set_postfix"):
