@@ -7,6 +7,7 @@ stand-in is used only while `getattr(fgreid_ops, name)` is missing, and `STAND_I
 which ones are active (tests and the training script print it).
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -90,7 +91,7 @@ def _evaluate_stand_in(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
     gallery_index = torch.arange(num_g, dtype=torch.float64)
     for i in range(distmat.shape[0]):
         # stable sort on (distance, index): ties go to the lower gallery index
-        order = torch.from_numpy(__import__("numpy").lexsort((gallery_index.numpy(), distmat[i].numpy())))
+        order = torch.from_numpy(np.lexsort((gallery_index.numpy(), distmat[i].numpy())))
         keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
         matches = (g_pids[order] == q_pids[i])[keep].to(torch.float64)
         if matches.sum() == 0:
@@ -109,12 +110,20 @@ def _evaluate_stand_in(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50)
     return cmc_sum / valid, float(torch.stack(aps).mean()), float(torch.stack(inps).mean())
 
 
+def _evaluate_features_stand_in(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank=50, **_unused):
+    """SPEC §6 from features (Euclidean), through the full distance matrix."""
+    return _evaluate_stand_in(torch.cdist(q_feats.double(), g_feats.double()), q_pids, g_pids, q_camids, g_camids,
+                              max_rank)
+
+
 off = _resolve("off", _off_stand_in)
 mask_upsample_mul = _resolve("mask_upsample_mul", _mask_upsample_mul_stand_in)
 topk_mask = _resolve("topk_mask", _topk_mask_stand_in)
 batch_hard_triplet = _resolve("batch_hard_triplet", _batch_hard_triplet_stand_in)
 evaluate = _resolve("evaluate", _evaluate_stand_in)
+evaluate_features = _resolve("evaluate_features", _evaluate_features_stand_in)
 gem = fgreid_ops.gem
 GeM = fgreid_ops.nn.GeM
 
-__all__ = ["off", "mask_upsample_mul", "topk_mask", "batch_hard_triplet", "evaluate", "gem", "GeM", "STAND_INS"]
+__all__ = ["off", "mask_upsample_mul", "topk_mask", "batch_hard_triplet", "evaluate", "evaluate_features", "gem", "GeM",
+           "STAND_INS"]

@@ -55,8 +55,12 @@ def resolve(cfg: dict) -> dict:
     from .datasets import VIDEO_DATASETS
 
     cfg = dict(cfg)
+    video = cfg["dataset"] in VIDEO_DATASETS
     if cfg.get("model") is None:
-        cfg["model"] = "fg_video" if cfg["dataset"] in VIDEO_DATASETS else "cuhs"
+        cfg["model"] = "fg_video" if video else "cuhs"
+    if (cfg["model"] == "fg_video") != video:
+        raise ValueError(f"model {cfg['model']!r} does not read dataset {cfg['dataset']!r}: "
+                         f"fg_video takes {list(VIDEO_DATASETS)}, cuhs the image datasets")
     for key, value in recipe(cfg["model"]).items():
         if cfg.get(key) is None:
             cfg[key] = value

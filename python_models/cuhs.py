@@ -162,7 +162,8 @@ class CUHS(nn.Module):
         self.gem = _ops.GeM(p=gem_p)
         self.reduce = nn.ModuleDict({name: reduction(channels, feat_dim) for name in self.FEATURES})
         self.classifiers = nn.ModuleDict({name: nn.Linear(feat_dim, num_classes, bias=False) for name in self.FEATURES})
-        init_weights(self.bn_stream), init_weights(self.in_stream), init_weights(self.hs_stream)
+        for stream in (self.bn_stream, self.in_stream, self.hs_stream):
+            init_weights(stream)
         for cls in self.classifiers.values():
             nn.init.normal_(cls.weight, std=0.001)
         self.feat_dim = feat_dim

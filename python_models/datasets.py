@@ -292,7 +292,8 @@ class ImageDataset(Dataset):
 class SegmentDataset(Dataset):
     """Segments of ``seq_len`` frames from tracklets (frames repeated at the end of a short
     tracklet). ``mode="random"``: one item per tracklet, a random start each time (training);
-    ``mode="all"``: every consecutive non-overlapping segment (testing). Items: (frames
+    ``mode="all"``: the consecutive non-overlapping full segments (testing; a tracklet shorter
+    than one segment gives one padded segment, a tail shorter than seq_len is left out). Items: (frames
     [T, 3, H, W], keypoints [T, 16, 2] in [0, 1] (−1 = missing), pid, camid, tracklet index)."""
 
     def __init__(self, tracklets: list, transform: SegmentTransform, seq_len: int = 10, mode: str = "random"):

@@ -44,6 +44,8 @@ def metrics_dict(result) -> dict:
     out = {"cmc": cmc, "mAP": float(mean_ap)}
     if minp is not None:
         out["mINP"] = float(minp)
+    if getattr(result, "num_skipped", None) is not None:
+        out["num_skipped"] = int(result.num_skipped)
     return out
 
 
@@ -99,10 +101,16 @@ def _ids(items):
 
 
 def market_protocol(q_feats, g_feats, query, gallery, max_rank=50) -> dict:
+    """Single features: the streamed ``evaluate_features`` (Euclidean; never the whole Q×G
+    matrix, which MSMT17-size galleries need); the video model's per-stream features: the
+    eq. 4 distance matrix, then ``evaluate``."""
     q_pids, q_cams = _ids(query)
     g_pids, g_cams = _ids(gallery)
-    result = _ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams,
-                           max_rank=min(max_rank, len(gallery)))
+    max_rank = min(max_rank, len(gallery))
+    if isinstance(q_feats, dict):
+        result = _ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    else:
+        result = _ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
     return metrics_dict(result)
 
 

@@ -392,3 +392,12 @@ def test_scale_translate_grid_is_affine_grid():
     theta = torch.stack([torch.stack([p[:, 0], z, p[:, 2]], 1), torch.stack([z, p[:, 1], p[:, 3]], 1)], 1)
     torch.testing.assert_close(scale_translate_grid(p, (5, 4)), torch.nn.functional.affine_grid(
         theta, [3, 1, 5, 4], align_corners=False))
+
+
+def test_train_rejects_a_model_dataset_mismatch(tmp_path):
+    with pytest.raises(ValueError, match="does not read"):
+        train.parse_args(["--dataset", "mars", "--root", str(tmp_path), "--model", "cuhs"])
+    cfg = train.parse_args(["--dataset", "market1501", "--root", str(tmp_path)])
+    assert (cfg["model"], cfg["lr"], cfg["milestones"], cfg["p"] * cfg["k"], cfg["height"], cfg["width"]) == \
+        ("cuhs", 3e-4, [40, 70], 64, 384, 128)
+    assert (cfg["epochs"], cfg["hsl_epochs"], cfg["margin"], cfg["feat_dim"], cfg["weight_decay"]) == (90, 50, 0.3, 1536, 5e-4)
