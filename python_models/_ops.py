@@ -25,25 +25,8 @@ def _resolve(name, stand_in):
 
 
 # ---------------------------------------------------------------------------------------------
-# TEMPORARY stand-ins (SPEC §2–§6). Delete each one when its op is in fgreid_ops.
+# TEMPORARY stand-ins (SPEC §3–§6). Delete each one when its op is in fgreid_ops.
 # ---------------------------------------------------------------------------------------------
-
-def _off_stand_in(a, b=None, *, stride=None):
-    """SPEC §2: [Sx(a), Sy(a), b − a] on channels; off(x, stride=d) pairs frames t and t+d of
-    x [N, T, C, H, W]."""
-    if stride is not None:
-        if b is not None:
-            raise ValueError("off: give either b or stride")
-        a, b = a[:, :-stride], a[:, stride:]
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=a.dtype, device=a.device)
-    lead, (c, h, w) = a.shape[:-3], a.shape[-3:]
-    a4 = a.reshape(-1, c, h, w)
-    weight = torch.stack([kx, kx.t()])[:, None].repeat(c, 1, 1, 1)  # [2C, 1, 3, 3]: Sx, Sy per channel
-    grads = F.conv2d(a4.repeat_interleave(2, dim=1), weight, padding=1, groups=2 * c)
-    sx, sy = grads[:, 0::2], grads[:, 1::2]
-    out = torch.cat([sx, sy, b.reshape(-1, c, h, w) - a4], dim=1)
-    return out.reshape(*lead, 3 * c, h, w)
-
 
 def _mask_upsample_mul_stand_in(feat, mask, mode="bilinear", pool=False):
     """SPEC §3: interpolate(mask, size=(H, W), mode, align_corners=False) ⊙ feat (mean over H×W if pool)."""
@@ -116,7 +99,7 @@ def _evaluate_features_stand_in(q_feats, g_feats, q_pids, g_pids, q_camids, g_ca
                               max_rank)
 
 
-off = _resolve("off", _off_stand_in)
+off = fgreid_ops.off
 mask_upsample_mul = _resolve("mask_upsample_mul", _mask_upsample_mul_stand_in)
 topk_mask = _resolve("topk_mask", _topk_mask_stand_in)
 batch_hard_triplet = _resolve("batch_hard_triplet", _batch_hard_triplet_stand_in)
