@@ -4,8 +4,8 @@ plain-PyTorch references ("eager", "compile") or to the fgreid_ops kernels ("fgr
 "fgreid-compile"), eager and torch.compile. The speedup is that of the whole model, where
 the convolutions dominate, so it is much smaller than an op's own speedup.
 
-CPU runs are scaled down (said in each case's note): CUHS at batch 2, the video model at N = 1
-(10 frames); --quick uses narrow models (width 8) on small inputs and skips torch.compile (its
+CPU runs are scaled down (said in each case's note): N = 1 at half resolution (CUHS 192×64, the
+video model 1×10 frames at 112×112); --quick uses narrow models (width 8) on small inputs and skips torch.compile (its
 Inductor compilation of a whole model takes minutes on a small CPU)."""
 
 import os
@@ -50,17 +50,21 @@ def cases(device: str, quick: bool) -> list[Case]:
     torch.manual_seed(0)
     gpu = device == "cuda"
     if quick:
-        cuhs_cfg, n_img, size = dict(width=8, layers=(1, 1, 2, 1), feat_dim=32), 4, (64, 32)
+        cuhs_cfg, n_img, size = dict(width=8, layers=(1, 1, 2, 1), feat_dim=32, topk=2), 4, (64, 32)
         vid_cfg, n_seg, frame, part = dict(width=8, layers=(1, 1, 1, 1), mask_size=(2, 2),
                                            part_channels=(4, 4, 8, 8, 8), js_dim=16, lstm_hidden=16), 1, 64, 16
         note = "quick: narrow models on small inputs, no torch.compile"
-    else:
-        cuhs_cfg, n_img, size = {}, 64 if gpu else 2, (384, 128)
-        vid_cfg, n_seg, frame, part = {}, 16 if gpu else 1, 224, 224
-        note = "" if gpu else "CPU: batch scaled down"
+    elif gpu:
+        cuhs_cfg, n_img, size = dict(topk=45), 64, (384, 128)
+        vid_cfg, n_seg, frame, part = {}, 16, 224, 224
+        note = ""
+    else:  # a full-size forward takes seconds per image on a small CPU
+        cuhs_cfg, n_img, size = dict(topk=11), 1, (192, 64)
+        vid_cfg, n_seg, frame, part = {}, 1, 112, 112
+        note = "CPU: scaled down to N=1 at half resolution (CUHS top-k 45 -> 11 for the 4x smaller map)"
     out = []
 
-    cuhs = CUHS(751, topk=45, **cuhs_cfg).to(device).eval()
+    cuhs = CUHS(751, **cuhs_cfg).to(device).eval()
     x = torch.randn(n_img, 3, *size, device=device)
     out.append(Case("models", f"CUHS N={n_img} {size[0]}x{size[1]}", "fwd", 0, _providers(cuhs, (x,), not quick),
                     note=note, items=n_img))
