@@ -76,7 +76,7 @@ def tracklet_features(model, tracklets, cfg, device, batch_size=8, workers=4):
     ds = SegmentDataset(tracklets, SegmentTransform(cfg["height"], cfg["width"]), cfg["seq_len"], mode="all")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     model.eval()
-    sums, counts = {}, torch.zeros(len(tracklets))
+    segments, owner = {}, []
     for x, kp, _, _, index in tqdm(loader, desc="features", leave=False):
         x = _to_device(x, device)
         if isinstance(model, FGVideoNet):
@@ -84,9 +84,10 @@ def tracklet_features(model, tracklets, cfg, device, batch_size=8, workers=4):
         else:
             out = {"feat": model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1).mean(1)}
         for k, v in out.items():
-            sums.setdefault(k, torch.zeros(len(tracklets), v.shape[1])).index_add_(0, index, v.float().cpu())
-        counts.index_add_(0, index, torch.ones(len(index)))
-    feats = {k: v / counts[:, None] for k, v in sums.items()}
+            segments.setdefault(k, []).append(v.float().cpu())
+        owner.append(index)
+    owner = torch.cat(owner)
+    feats = {k: _ops.tracklet_features(torch.cat(v), owner, len(tracklets)) for k, v in segments.items()}
     return feats if isinstance(model, FGVideoNet) else feats["feat"]
 
 

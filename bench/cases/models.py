@@ -61,13 +61,14 @@ def cases(device: str, quick: bool) -> list[Case]:
     else:  # a full-size forward takes seconds per image on a small CPU
         cuhs_cfg, n_img, size = dict(topk=11), 1, (192, 64)
         vid_cfg, n_seg, frame, part = {}, 1, 112, 112
-        note = "CPU: scaled down to N=1 at half resolution (CUHS top-k 45 -> 11 for the 4x smaller map)"
+        note = "CPU: scaled down to N=1 at half resolution"
     out = []
 
     cuhs = CUHS(751, **cuhs_cfg).to(device).eval()
     x = torch.randn(n_img, 3, *size, device=device)
+    k_note = f"top-k {cuhs.topk}" + (" (45 scaled to the 4x smaller map)" if cuhs.topk == 11 else "")
     out.append(Case("models", f"CUHS N={n_img} {size[0]}x{size[1]}", "fwd", 0, _providers(cuhs, (x,), not quick),
-                    note=note, items=n_img))
+                    note=f"{note}; {k_note}" if note else k_note, items=n_img))
 
     video = FGVideoNet(625, part_size=part, **vid_cfg).to(device).eval()
     seg = torch.randn(n_seg, 10, 3, frame, frame, device=device)
