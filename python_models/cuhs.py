@@ -58,7 +58,7 @@ class Stream(nn.Module):
 
 class HSL(nn.Module):
     """Head-shoulder segmentation layer (eq. 7): FC C→4 gives (s_x, s_y, t_x, t_y),
-    θ = [[s_x, 0, t_x], [0, s_y, t_y]], and affine_grid + grid_sample crop the map."""
+    θ = [[s_x, 0, t_x], [0, s_y, t_y]], and its affine sampling grid + grid_sample crop the map."""
 
     PRIOR = (1.0, 1.0 / 3.0, 0.0, -2.0 / 3.0)
 
@@ -76,7 +76,7 @@ class HSL(nn.Module):
         if self.frozen:
             pooled = pooled.detach()
         params = self.fc(pooled)  # [N, 4] = s_x, s_y, t_x, t_y
-        n, c, h, w = f.shape
+        h, w = f.shape[-2:]
         size = self.out_size or (max(1, h // 3), w)
         grid = scale_translate_grid(params, size)
         crop = F.grid_sample(f, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
