@@ -12,8 +12,10 @@ import sys
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run as `python deploy/<script>.py`: python_models and fgreid_ops live in ROOT
-    sys.path.insert(0, ROOT)
+# python_models (and fgreid_ops when it is not installed) live in ROOT. Appended, not prepended: an
+# installed fgreid_ops (with its compiled extension) wins over the source tree.
+if ROOT not in sys.path:
+    sys.path.append(ROOT)
 
 BUILTIN_MODELS = ("cuhs", "fg_video")
 DEFAULT_SIZES = {"cuhs": (384, 128), "fg_video": (224, 224)}

@@ -18,9 +18,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deploy import _common  # noqa: E402
+try:
+    from . import _common
+except ImportError:  # run as a script: deploy/ is sys.path[0]
+    import _common
 
 PROG = "build_engine.py"
 

@@ -17,9 +17,10 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deploy import _common  # noqa: E402
+try:
+    from . import _common
+except ImportError:  # run as a script: deploy/ is sys.path[0]
+    import _common
 
 PROG = "run_engine.py"
 
