@@ -45,7 +45,9 @@ yourself. Needs the ``onnx`` and ``onnxscript`` packages (``onnxruntime`` to che
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import keyword
 import os
 
 import torch
@@ -231,6 +233,38 @@ def _as_tuple(inputs):
     return tuple(inputs)
 
 
+def _keyword_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, _ in model.state_dict(keep_vars=True).items()
+            if any(keyword.iskeyword(part) for part in name.split("."))]
+
+
+@contextlib.contextmanager
+def _keyword_safe_fx_codegen(model: torch.nn.Module):
+    """torch.export's unlifting generates ``self.classifiers.global.weight`` for a submodule named
+    after a Python keyword (e.g. an ``nn.ModuleDict`` key "global"): a SyntaxError inside
+    torch.onnx.export (pytorch/pytorch#188538, open for torch <= 2.13). While such a model is
+    exported, emit ``getattr(x, "global")`` for keyword names instead; any other model exports
+    with torch untouched."""
+    import torch.fx.graph as fx_graph
+
+    original = getattr(fx_graph, "_format_target", None)
+    if original is None or not _keyword_names(model):
+        yield
+        return
+
+    def format_target(base: str, target: str) -> str:
+        out = base
+        for part in target.split("."):
+            out = f"{out}.{part}" if part.isidentifier() and not keyword.iskeyword(part) else f"getattr({out}, {part!r})"
+        return out
+
+    fx_graph._format_target = format_target
+    try:
+        yield
+    finally:
+        fx_graph._format_target = original
+
+
 def export_onnx(model: torch.nn.Module, example_inputs, path: str | os.PathLike, dynamic_batch: bool = True,
                 opset: int = MIN_OPSET, fp16: bool = False, input_names=None, output_names=None) -> str:
     """Export `model` (called as ``model(*example_inputs)``) to the ONNX file `path`; returns the path.
@@ -269,11 +303,12 @@ def export_onnx(model: torch.nn.Module, example_inputs, path: str | os.PathLike,
     was_training = model.training
     model.eval()
     try:
-        program = torch.onnx.export(
-            model, inputs, dynamo=True, custom_translation_table=translation_table(),
-            dynamic_shapes=dynamic_shapes, opset_version=int(opset), optimize=True,
-            input_names=input_names, output_names=output_names, verbose=False,
-        )
+        with _keyword_safe_fx_codegen(model):
+            program = torch.onnx.export(
+                model, inputs, dynamo=True, custom_translation_table=translation_table(),
+                dynamic_shapes=dynamic_shapes, opset_version=int(opset), optimize=True,
+                input_names=input_names, output_names=output_names, verbose=False,
+            )
     finally:
         model.train(was_training)
     path = os.fspath(path)
