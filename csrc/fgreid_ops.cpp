@@ -16,4 +16,11 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
+  // OFF (SPEC §2). off: a, b [..., C, H, W] -> [..., 3C, H, W] = [Sx(a), Sy(a), b - a];
+  // off_backward returns grad_a only (grad_b is a view of grad_out). off_segment: x [N, T, C, H, W]
+  // -> off(x[:, :-stride], x[:, stride:]); its backward writes grad_x [N, T, C, H, W] in one pass.
+  m.def("off(Tensor a, Tensor b) -> Tensor");
+  m.def("off_backward(Tensor grad_out) -> Tensor");
+  m.def("off_segment(Tensor x, int stride) -> Tensor");
+  m.def("off_segment_backward(Tensor grad_out, int stride) -> Tensor");
 }

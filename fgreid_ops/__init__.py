@@ -6,9 +6,9 @@ their inputs and pick a backend (see fgreid_ops._backend)."""
 from ._extension import has_cuda_kernels, has_extension
 from ._backend import use_reference
 from . import triton as _triton_kernels  # noqa: F401  (registers Triton kernels when available)
-from .ops import gem
+from .ops import gem, off
 from . import nn, reference
 
 __version__ = "0.1.0"
 
-__all__ = ["gem", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
+__all__ = ["gem", "off", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]

@@ -6,7 +6,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -202,10 +201,7 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out_i
   const auto layout =
       is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(layout));
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_p_rows = need_grad_p
-                               ? at::empty({x.size(0), x.size(1)}, x.options().dtype(acc_type))
-                               : at::zeros({0}, x.options().dtype(acc_type));
+  at::Tensor grad_p_rows = empty_grad_p_rows(x, need_grad_p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu",
                                   [&] {
                                     gem_backward_kernel<scalar_t>(grad_out, x, p, eps,

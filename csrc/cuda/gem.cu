@@ -114,9 +114,7 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cuda(const at::Tensor& grad_out_
   // grad_x follows the layout rule of the CPU kernel and the fake: channels_last in,
   // channels_last out; every other layout gives a contiguous gradient.
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_p_rows = at::empty(need_grad_p ? at::IntArrayRef{N, C} : at::IntArrayRef{0},
-                                     x.options().dtype(acc_type));
+  at::Tensor grad_p_rows = empty_grad_p_rows(x, need_grad_p);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;

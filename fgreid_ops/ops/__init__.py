@@ -1,5 +1,6 @@
 """Public ops: one module per op, each with its function, fakes and autograd registration."""
 
 from .gem import gem
+from .off import off
 
-__all__ = ["gem"]
+__all__ = ["gem", "off"]
