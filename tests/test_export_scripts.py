@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fgreid_ops
-from onnx_helpers import ROOT, TINY_FG_VIDEO, TINY_FG_VIDEO_FRAMES, cache_torchlib_registry
+from onnx_helpers import ROOT, cache_torchlib_registry
 
 from deploy import build_engine, export_onnx, run_engine
 
@@ -141,15 +141,3 @@ def test_export_user_model_with_example_inputs_and_threshold(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 1
     assert "batch 1 features [1, 5]" in text and "FAIL: max abs error" in text
-
-
-def test_export_fg_video_script(tmp_path, capsys):
-    pytest.importorskip("python_models.fg_video")
-    import json
-
-    code = export_onnx.main(["--model", "fg_video", "--model-kwargs", json.dumps(TINY_FG_VIDEO),
-                             "--input-size", "64x32", "--frames", str(TINY_FG_VIDEO_FRAMES), "--static-batch",
-                             "-o", str(tmp_path / "fgv.onnx"), "--max-abs-error", "1e-3"])
-    text = capsys.readouterr().out
-    assert code == 0, text
-    assert "batch 2 global" in text and "batch 2 js" in text

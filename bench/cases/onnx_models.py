@@ -28,8 +28,8 @@ QUICK_CONFIGS = [
     ("cuhs", {"num_classes": 3, "feat_dim": 8, "width": 4, "layers": [1, 1, 2, 1], "topk": 3}, (64, 32), 10, 2,
      "tiny CUHS (width 4)"),
     ("fg_video", {"num_classes": 3, "width": 4, "layers": [1, 1, 1, 1], "delta_t": 2, "mask_size": [2, 2],
-                  "mask_channels": 4, "lstm_hidden": 8, "part_size": 16, "part_channels": [4, 4, 4, 4, 4],
-                  "js_dim": 8}, (64, 32), 3, 2, "tiny video net (width 4, 3 frames)"),
+                  "mask_channels": 4, "lstm_hidden": 8, "joint_stream": False}, (64, 32), 3, 2,
+     "tiny video net (width 4, 3 frames, no joint stream)"),
 ]
 
 _exported = {}  # config key -> (spec, onnx path): export once, time under several thread counts
