@@ -4,7 +4,8 @@ PyTorch and under torch.compile (both with the fgreid_ops kernels). Providers: "
 batch); the onnxruntime session uses as many threads as torch does for the row.
 
 CPU only (no CUDA execution provider is installed here; TensorRT is deploy/run_engine.py's job).
-CPU shapes are scaled down from the papers' (CUHS batch 64, video N=16): see each case's note."""
+CPU shapes are scaled down from the papers' (CUHS batch 64, video N=16): see each case's note.
+--quick (tiny models) has no "compile" provider: compiling whole models takes minutes on CI's cores."""
 
 import os
 import sys
@@ -32,25 +33,26 @@ QUICK_CONFIGS = [
      "tiny video net (width 4, 3 frames, no joint stream)"),
 ]
 
-_exported = {}  # config key -> (spec, onnx path): export once, time under several thread counts
+_prepared = {}  # config key -> (spec, onnx path, compiled model): built once, timed under several thread counts
 
 
-def _export(name, kwargs, size, frames, batch):
+def _prepare(name, kwargs, size, frames, batch, quick):
     import argparse
 
     from deploy import _common
     from fgreid_ops.onnx import export_onnx
 
     key = (name, repr(sorted(kwargs.items())), size, frames)
-    if key not in _exported:
+    if key not in _prepared:
         torch.manual_seed(0)
         args = argparse.Namespace(model=name, model_kwargs=dict(kwargs), input_size=size, frames=frames,
                                   checkpoint=None, no_strict=False)
         spec = _common.build_model(args)
         path = os.path.join(tempfile.mkdtemp(prefix="fgreid-bench-onnx-"), f"{name}.onnx")
         export_onnx(spec.model, spec.make_inputs(max(batch, 2)), path, input_names=spec.input_names)
-        _exported[key] = (spec, path)
-    return _exported[key]
+        # --quick (the CI smoke) skips torch.compile of whole models: minutes on 2 cores
+        _prepared[key] = (spec, path, None if quick else compiled(spec.model))
+    return _prepared[key]
 
 
 def _session(path):
@@ -74,13 +76,12 @@ def cases(device: str, quick: bool) -> list[Case]:
         return []
     out = []
     for name, kwargs, size, frames, batch, note in QUICK_CONFIGS if quick else CONFIGS:
-        spec, path = _export(name, kwargs, size, frames, batch)
+        spec, path, compiled_model = _prepare(name, kwargs, size, frames, batch, quick)
         torch.manual_seed(1)
         inputs = spec.make_inputs(batch)
         session = _session(path)
         feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
         model = spec.model
-        compiled_model = compiled(model)
 
         def eager(model=model, inputs=inputs):
             with torch.no_grad():
@@ -90,8 +91,10 @@ def cases(device: str, quick: bool) -> list[Case]:
             with torch.no_grad():
                 return fn(*inputs)
 
-        providers = {"eager": eager, "compile": compile_,
-                     "fgreid-onnxruntime": lambda s=session, f=feeds: s.run(None, f)}
+        providers = {"eager": eager}
+        if compiled_model is not None:
+            providers["compile"] = compile_
+        providers["fgreid-onnxruntime"] = lambda s=session, f=feeds: s.run(None, f)
         shape = "x".join(str(v) for v in inputs[0].shape)
         out.append(Case("onnx_models", f"{name} {shape}", "fwd", 0, providers, note))
     return out
