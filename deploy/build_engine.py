@@ -85,9 +85,11 @@ def build(trt, args) -> bytes:
             kept = 0
             for i in range(network.num_layers):
                 layer = network.get_layer(i)
-                if any(s in layer.name for s in keep):
+                floats = [j for j in range(layer.num_outputs)
+                          if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+                if floats and any(s in layer.name for s in keep):
                     layer.precision = trt.float32
-                    for j in range(layer.num_outputs):
+                    for j in floats:  # leave integer outputs (shape arithmetic) alone
                         layer.set_output_type(j, trt.float32)
                     kept += 1
             config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)

@@ -52,9 +52,7 @@ import os
 
 import torch
 
-# ONNX TensorProto data types used below.
-_FLOAT = 1
-_INT64 = 7
+_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 MIN_OPSET = 18  # the lowerings use opset-18 signatures (ReduceMean/ReduceSum axes as inputs)
 

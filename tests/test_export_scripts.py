@@ -141,3 +141,167 @@ def test_export_user_model_with_example_inputs_and_threshold(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 1
     assert "batch 1 features [1, 5]" in text and "FAIL: max abs error" in text
+
+
+# --- build_engine against a stand-in of the tensorrt API --------------------------------------
+
+class FakeTensorRT:
+    """The slice of the tensorrt Python API that build_engine.py uses, recording the calls. The
+    "network" is read from the ONNX file: one layer per node, named like TensorRT names them."""
+
+    float32, float16, int64 = "float32", "float16", "int64"
+    __version__ = "10.fake"
+
+    class Logger:
+        INFO, WARNING = "info", "warning"
+
+        def __init__(self, level):
+            self.level = level
+
+    class NetworkDefinitionCreationFlag:
+        EXPLICIT_BATCH = 0
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class BuilderFlag:
+        FP16, PREFER_PRECISION_CONSTRAINTS = "fp16", "prefer_precision_constraints"
+
+    def __init__(self):
+        self.calls = {"profile": [], "flags": [], "layers": {}, "cache_in": None}
+        fake = self
+
+        class Tensor:
+            def __init__(self, name, shape, dtype):
+                self.name, self.shape, self.dtype = name, shape, dtype
+
+        class Layer:
+            def __init__(self, name, dtype):
+                self.name, self.num_outputs, self._out = name, 1, Tensor(name + "_out", [], dtype)
+                self.precision = None
+
+            def get_output(self, j):
+                return self._out
+
+            def set_output_type(self, j, dtype):
+                fake.calls["layers"][self.name] = dtype
+
+        class Network:
+            inputs, layers = [], []
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, i):
+                return self.inputs[i]
+
+            @property
+            def num_layers(self):
+                return len(self.layers)
+
+            def get_layer(self, i):
+                return self.layers[i]
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse_from_file(self, path):
+                import onnx
+
+                graph = onnx.load(path).graph
+                self.network.inputs = [
+                    Tensor(v.name, [d.dim_value if d.dim_value else -1 for d in v.type.tensor_type.shape.dim],
+                           fake.float32) for v in graph.input]
+                self.network.layers = [Layer(n.name, fake.int64 if n.op_type == "Shape" else fake.float32)
+                                       for n in graph.node]
+                return True
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls["profile"].append((name, tuple(lo), tuple(opt), tuple(hi)))
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return b"cache:" + self.data
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls["workspace"] = size
+
+            def add_optimization_profile(self, profile):
+                pass
+
+            def set_flag(self, flag):
+                fake.calls["flags"].append(flag)
+
+            def create_timing_cache(self, data):
+                fake.calls["cache_in"] = data
+                return Cache(data)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"engine"
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def _tiny_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="node_Shape_0"),
+             helper.make_node("Pow", ["x", "p"], ["y"], name="node_Pow_1"),
+             helper.make_node("ReduceMean", ["y"], ["z"], name="node_ReduceMean_2", keepdims=0, axes=[2, 3]),
+             helper.make_node("Relu", ["z"], ["out"], name="node_Relu_3")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 3])],
+                              initializer=[helper.make_tensor("p", TensorProto.FLOAT, [1], [3.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_build_engine_drives_the_tensorrt_api(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    onnx_file, engine, cache = tmp_path / "m.onnx", tmp_path / "m.engine", tmp_path / "trt.cache"
+    _tiny_onnx(onnx_file)
+    argv = [str(onnx_file), "-o", str(engine), "--min-batch", "1", "--opt-batch", "4", "--max-batch", "8",
+            "--fp16", "--workspace-mib", "64", "--timing-cache", str(cache)]
+    assert build_engine.main(argv) == 0
+    assert fake.calls["profile"] == [("x", (1, 3, 8, 4), (4, 3, 8, 4), (8, 3, 8, 4))]
+    assert fake.calls["workspace"] == 64 << 20
+    assert fake.calls["flags"] == ["fp16", "prefer_precision_constraints"]
+    # GeM's Pow and ReduceMean stay float32; the integer Shape output and other layers are untouched
+    assert fake.calls["layers"] == {"node_Pow_1": "float32", "node_ReduceMean_2": "float32"}
+    assert engine.read_bytes() == b"engine"
+    assert fake.calls["cache_in"] == b"" and cache.read_bytes() == b"cache:"
+    assert "wrote" in capsys.readouterr().out
+    # a second build starts from the saved timing cache; without --fp16 no flag is set
+    fake.calls["flags"].clear()
+    assert build_engine.main(argv[:-5] + ["--timing-cache", str(cache)]) == 0
+    assert fake.calls["cache_in"] == b"cache:" and fake.calls["flags"] == []
