@@ -7,8 +7,13 @@ from ._extension import has_cuda_kernels, has_extension
 from ._backend import use_reference
 from . import triton as _triton_kernels  # noqa: F401  (registers Triton kernels when available)
 from .ops import gem, off
+from .ops import EvaluationResult, evaluate, evaluate_features, gem
+from .evaluation import FGPRResult, evaluate_fgpr, evaluate_mars, tracklet_features
 from . import nn, reference
 
 __version__ = "0.1.0"
 
 __all__ = ["gem", "off", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
+__all__ = ["gem", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels",
+           "evaluate", "evaluate_features", "EvaluationResult", "evaluate_mars", "evaluate_fgpr",
+           "FGPRResult", "tracklet_features"]
