@@ -47,4 +47,10 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "evaluate_finalize(Tensor match_offsets, Tensor match_index, Tensor match_dist,"
       " Tensor counts) -> (Tensor first_hit, Tensor ap, Tensor inp)");
+  // Top-k attention exploration (SPEC §4, CUHS eq. 5-6). mask is [N, 1, H, W] in f2's dtype;
+  // the backward is grad_f2 = grad_out * mask (f1 gets no gradient).
+  m.def("topk_mask(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
+  m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
+  m.def("topk_mask_triton(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
+  m.def("topk_mask_triton_backward(Tensor grad_out, Tensor mask) -> Tensor");
 }

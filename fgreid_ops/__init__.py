@@ -6,14 +6,12 @@ their inputs and pick a backend (see fgreid_ops._backend)."""
 from ._extension import has_cuda_kernels, has_extension
 from ._backend import use_reference
 from . import triton as _triton_kernels  # noqa: F401  (registers Triton kernels when available)
-from .ops import gem, off
-from .ops import EvaluationResult, evaluate, evaluate_features, gem
+from .ops import *  # noqa: F401,F403  (every public op; the list is fgreid_ops.ops.__all__)
+from .ops import __all__ as _ops_all
 from .evaluation import FGPRResult, evaluate_fgpr, evaluate_mars, tracklet_features
 from . import nn, reference
 
 __version__ = "0.1.0"
 
-__all__ = ["gem", "off", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
-__all__ = ["gem", "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels",
-           "evaluate", "evaluate_features", "EvaluationResult", "evaluate_mars", "evaluate_fgpr",
-           "FGPRResult", "tracklet_features"]
+__all__ = [*_ops_all, "evaluate_mars", "evaluate_fgpr", "FGPRResult", "tracklet_features",
+           "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]

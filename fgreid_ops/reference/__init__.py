@@ -3,6 +3,6 @@
 from .evaluate import distance_reference, evaluate_reference, per_query_reference
 from .gem import gem_reference
 from .off import off_reference
+from .topk_mask import topk_mask_reference
 
-__all__ = ["gem_reference", "off_reference"]
-__all__ = ["gem_reference", "evaluate_reference", "per_query_reference", "distance_reference"]
+__all__ = ["distance_reference", "evaluate_reference", "per_query_reference", "gem_reference", "off_reference", "topk_mask_reference"]

@@ -1,0 +1,308 @@
+// Top-k attention exploration on CPU (SPEC §4, CUHS eq. 5-6).
+//   1. A[n, hw] = sum_c f1[n, c, hw] in float32 (float64 for double): fixed chunks of channels
+//      are summed in parallel into partial rows, then the partials are added in chunk order, so
+//      the result does not depend on the thread count.
+//   2. Per sample, std::nth_element over (key, index) pairs picks the k positions of largest A
+//      (ties: lower flat index), and mask[n, hw] is 0 there, 1 elsewhere.
+//   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last), on the bit
+//      patterns: the mask is exactly 0 or 1.
+// Contiguous and channels_last inputs are read in place; other strides are copied first.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "fgreid_ops/checks.h"
+#include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/order_key.h"
+#include "fgreid_ops/topk_mask_checks.h"
+
+namespace fgreid_ops {
+namespace {
+
+// Channels per partial sum. Fixed (not derived from the thread count) so that A, and with it
+// the selected positions, is the same on every machine.
+constexpr int64_t kChannelChunk = 128;
+// Spatial positions per task of the channels_last reduction.
+constexpr int64_t kPositionBlock = 16;
+// Elements per task of the masked multiply (ATen's grain size).
+constexpr int64_t kGrainElements = 32768;
+
+// acc[i] += x[c, i] for c < rows, over one NCHW block of rows of length HW.
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void add_rows(const scalar_t* x, int64_t rows, int64_t HW, acc_t* acc) {
+  int64_t c = 0;
+  for (; c + 4 <= rows; c += 4) {
+    const scalar_t* r0 = x + c * HW;
+    const scalar_t* r1 = r0 + HW;
+    const scalar_t* r2 = r1 + HW;
+    const scalar_t* r3 = r2 + HW;
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) {
+      acc[i] += (static_cast<acc_t>(r0[i]) + static_cast<acc_t>(r1[i])) +
+                (static_cast<acc_t>(r2[i]) + static_cast<acc_t>(r3[i]));
+    }
+  }
+  for (; c < rows; ++c) {
+    const scalar_t* r = x + c * HW;
+#pragma omp simd
+    for (int64_t i = 0; i < HW; ++i) acc[i] += static_cast<acc_t>(r[i]);
+  }
+}
+
+// sum_c x[c] over one contiguous channels_last position.
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES acc_t sum_channels(const scalar_t* x, int64_t C) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < C; ++c) sum += static_cast<acc_t>(x[c]);
+  return sum;
+}
+
+// attention[n, hw] = sum_c f1[n, c, hw].
+template <typename scalar_t, typename acc_t>
+void channel_sum(const at::Tensor& f1, acc_t* attention) {
+  const int64_t N = f1.size(0), C = f1.size(1), HW = f1.size(2) * f1.size(3);
+  const scalar_t* x = f1.const_data_ptr<scalar_t>();
+  if (is_channels_last_4d(f1)) {
+    at::parallel_for(0, N * HW, kPositionBlock, [&](int64_t begin, int64_t end) {
+      for (int64_t pos = begin; pos < end; ++pos) attention[pos] = sum_channels<scalar_t, acc_t>(x + pos * C, C);
+    });
+    return;
+  }
+  const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
+  if (chunks == 1) {
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        acc_t* a = attention + n * HW;
+        std::fill(a, a + HW, acc_t(0));
+        add_rows(x + n * C * HW, C, HW, a);
+      }
+    });
+    return;
+  }
+  std::unique_ptr<acc_t[]> partial(new acc_t[N * chunks * HW]);
+  at::parallel_for(0, N * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, c0 = (task % chunks) * kChannelChunk;
+      acc_t* p = partial.get() + task * HW;
+      std::fill(p, p + HW, acc_t(0));
+      add_rows(x + (n * C + c0) * HW, std::min(kChannelChunk, C - c0), HW, p);
+    }
+  });
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      acc_t* a = attention + n * HW;
+      const acc_t* p = partial.get() + n * chunks * HW;
+      std::copy(p, p + HW, a);
+      for (int64_t j = 1; j < chunks; ++j) {
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) a[i] += p[j * HW + i];
+      }
+    }
+  });
+}
+
+// mask[i] = 0 at the k positions of largest a[i] (ties: lower i), 1 elsewhere; 0 < k < HW.
+template <typename scalar_t, typename acc_t>
+void select_row(const acc_t* a, int64_t HW, int64_t k, scalar_t* mask) {
+  using key_t = decltype(order_key(acc_t(0)));
+  std::vector<std::pair<key_t, int64_t>> items(static_cast<size_t>(HW));
+  for (int64_t i = 0; i < HW; ++i) items[i] = {order_key(a[i]), i};
+  std::nth_element(items.begin(), items.begin() + k, items.end(), [](const auto& l, const auto& r) {
+    return l.first > r.first || (l.first == r.first && l.second < r.second);
+  });
+  std::fill(mask, mask + HW, scalar_t(1));
+  for (int64_t j = 0; j < k; ++j) mask[items[j].second] = scalar_t(0);
+}
+
+template <typename scalar_t>
+void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = f1.size(0), HW = f1.size(2) * f1.size(3);
+  scalar_t* m = mask.mutable_data_ptr<scalar_t>();
+  if (k == 0 || k >= HW) {
+    std::fill(m, m + N * HW, scalar_t(k == 0 ? 1 : 0));
+    return;
+  }
+  std::vector<acc_t> attention(static_cast<size_t>(N * HW));
+  channel_sum<scalar_t, acc_t>(f1, attention.data());
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) select_row(attention.data() + n * HW, HW, k, m + n * HW);
+  });
+}
+
+// Bit layout of each dtype, for multiplying by a mask that is exactly 0 or 1 without converting
+// to float: gcc does not vectorize the float -> half/bfloat16 rounding, which made the multiply
+// the slowest part for 16-bit inputs.
+template <typename scalar_t>
+struct FloatBits;
+template <>
+struct FloatBits<float> {
+  using type = uint32_t;
+  static constexpr type exponent = 0x7f800000u, sign = 0x80000000u, nan = 0x7fc00000u, one = 0x3f800000u;
+};
+template <>
+struct FloatBits<double> {
+  using type = uint64_t;
+  static constexpr type exponent = 0x7ff0000000000000ull, sign = 0x8000000000000000ull,
+                        nan = 0x7ff8000000000000ull, one = 0x3ff0000000000000ull;
+};
+template <>
+struct FloatBits<c10::Half> {
+  using type = uint16_t;
+  static constexpr type exponent = 0x7c00, sign = 0x8000, nan = 0x7e00, one = 0x3c00;
+};
+template <>
+struct FloatBits<c10::BFloat16> {
+  using type = uint16_t;
+  static constexpr type exponent = 0x7f80, sign = 0x8000, nan = 0x7fc0, one = 0x3f80;
+};
+
+template <typename scalar_t>
+FGREID_INLINE typename FloatBits<scalar_t>::type bits_of(const scalar_t& v) {
+  typename FloatBits<scalar_t>::type b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+// x * 0 as IEEE arithmetic gives it: a zero with x's sign, or NaN when x is inf or NaN.
+template <typename scalar_t>
+FGREID_INLINE typename FloatBits<scalar_t>::type times_zero(typename FloatBits<scalar_t>::type x) {
+  using B = FloatBits<scalar_t>;
+  return (x & B::exponent) == B::exponent ? B::nan : static_cast<typename FloatBits<scalar_t>::type>(x & B::sign);
+}
+
+// out[i] = x[i] * m[i] for m[i] in {0, 1} (bit patterns exactly +0 or 1).
+template <typename scalar_t>
+FGREID_CPU_CLONES void select_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
+  using bits_t = typename FloatBits<scalar_t>::type;
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const bits_t xb = bits_of(x[i]);
+    const bits_t r = bits_of(m[i]) != 0 ? xb : times_zero<scalar_t>(xb);
+    std::memcpy(&out[i], &r, sizeof r);
+  }
+}
+
+// out[i] = x[i] * m for one m in {0, 1}.
+template <typename scalar_t>
+FGREID_CPU_CLONES void select_scalar(const scalar_t* x, bool keep, scalar_t* out, int64_t len) {
+  using bits_t = typename FloatBits<scalar_t>::type;
+  if (keep) {
+    std::memcpy(out, x, len * sizeof(scalar_t));
+    return;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const bits_t r = times_zero<scalar_t>(bits_of(x[i]));
+    std::memcpy(&out[i], &r, sizeof r);
+  }
+}
+
+// General products, for a mask with values other than 0 and 1 (direct calls of the backward op).
+template <typename scalar_t, typename acc_t>
+void mul_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(m[i]));
+}
+
+template <typename scalar_t>
+bool is_binary(const scalar_t* m, int64_t len) {
+  using B = FloatBits<scalar_t>;
+  for (int64_t i = 0; i < len; ++i) {
+    const auto b = bits_of(m[i]);
+    if (b != 0 && b != B::one) return false;
+  }
+  return true;
+}
+
+// out = x * mask with mask [N, 1, H, W] broadcast over channels, as IEEE products (inf or NaN
+// times a 0 of the mask is NaN, as in f2 * mask). x and out share their layout: contiguous or
+// channels_last.
+template <typename scalar_t>
+void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* md = mask.const_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  const bool binary = is_binary(md, N * HW);
+  if (is_channels_last_4d(x)) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / C);
+    at::parallel_for(0, N * HW, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t pos = begin; pos < end; ++pos) {
+        if (binary) {
+          select_scalar(xd + pos * C, bits_of(md[pos]) != 0, od + pos * C, C);
+        } else {
+          const acc_t m = static_cast<acc_t>(md[pos]);
+          for (int64_t c = 0; c < C; ++c) od[pos * C + c] = static_cast<scalar_t>(static_cast<acc_t>(xd[pos * C + c]) * m);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / HW);
+  at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      if (binary) {
+        select_rows(xd + row * HW, md + (row / C) * HW, od + row * HW, HW);
+      } else {
+        mul_rows<scalar_t, acc_t>(xd + row * HW, md + (row / C) * HW, od + row * HW, HW);
+      }
+    }
+  });
+}
+
+at::Tensor as_supported_layout(const at::Tensor& x) {
+  return (x.is_contiguous() || is_channels_last_4d(x)) ? x : x.contiguous();
+}
+
+// The output takes x's layout when x is channels_last, else it is contiguous (the fakes in
+// fgreid_ops/ops/topk_mask.py follow the same rule).
+at::Tensor empty_like_layout(const at::Tensor& x) {
+  const auto layout = is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return at::empty(x.sizes(), x.options().memory_format(layout));
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1_in, const at::Tensor& f2_in,
+                                                 int64_t k) {
+  check_topk_mask_inputs(f1_in, f2_in, k);
+  const at::Tensor f1 = as_supported_layout(f1_in);
+  const at::Tensor f2 = as_supported_layout(f2_in);
+  at::Tensor mask = at::empty({f2.size(0), 1, f2.size(2), f2.size(3)}, f2.options());
+  at::Tensor out = empty_like_layout(f2);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cpu", [&] {
+    build_mask<scalar_t>(f1, k, mask);
+    masked_multiply<scalar_t>(f2, mask, out);
+  });
+  return {out, mask};
+}
+
+at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& mask_in) {
+  check_topk_mask_backward_inputs(grad_out_in, mask_in);
+  const at::Tensor grad_out = as_supported_layout(grad_out_in);
+  const at::Tensor mask = mask_in.to(grad_out.scalar_type()).contiguous();
+  at::Tensor grad_f2 = empty_like_layout(grad_out);
+  if (grad_out.numel() == 0) return grad_f2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cpu",
+                                  [&] { masked_multiply<scalar_t>(grad_out, mask, grad_f2); });
+  return grad_f2;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
+  m.impl("topk_mask", &topk_mask_cpu);
+  m.impl("topk_mask_backward", &topk_mask_backward_cpu);
+}
+
+}  // namespace fgreid_ops

@@ -1,0 +1,402 @@
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import fgreid_ops
+from fgreid_ops.reference import topk_mask_reference
+
+from helpers import DTYPES, LAYOUTS, kernel_backends, to_layout
+
+BACKENDS = kernel_backends()
+
+
+def int_inputs(shape, dtype, device, seed=0, low=-2, high=3):
+    """f1 of small integers: every channel sum is exact in float32 whatever the order, and many
+    positions tie, so kernels and the reference must agree bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    f1 = torch.randint(low, high, shape, generator=g).to(dtype).to(device)
+    f2 = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return f1, f2
+
+
+def float_inputs(shape, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f1 = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    f2 = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return f1, f2
+
+
+def assert_exact(out, mask, f1, f2, k):
+    ref_out, ref_mask = topk_mask_reference(f1, f2, k)
+    assert mask.shape == ref_mask.shape and mask.dtype == f2.dtype
+    assert torch.equal(mask, ref_mask), (mask.flatten(1) == 0).nonzero().tolist()
+    assert out.dtype == f2.dtype and torch.equal(out, ref_out)
+
+
+def assert_valid_selection(out, mask, f1, f2, k):
+    """For float inputs, A's rounding depends on the summation order, so two sums closer than
+    that rounding may be ordered either way. Checks that the zeroed positions are a top-k set of
+    the float64 sums up to that rounding, and equal to the reference's where no near-tie exists."""
+    N, C, H, W = f1.shape
+    HW = H * W
+    assert mask.shape == (N, 1, H, W) and mask.dtype == f2.dtype
+    zeroed = mask.reshape(N, HW) == 0
+    assert torch.all((mask == 0) | (mask == 1))
+    assert torch.all(zeroed.sum(1) == min(k, HW))
+    f1d = f1.detach().double()
+    a = f1d.sum(1).reshape(N, HW)
+    tol = 1e-5 * f1d.abs().sum(1).amax().item() + 1e-12
+    _, ref_mask = topk_mask_reference(f1, f2, k)
+    for n in range(N):
+        if 0 < k < HW:
+            assert a[n][zeroed[n]].min() >= a[n][~zeroed[n]].max() - tol
+            top = a[n].sort(descending=True).values
+            if top[k - 1] - top[k] > tol:
+                assert torch.equal(mask[n], ref_mask[n])
+        else:
+            assert torch.equal(mask[n], ref_mask[n])
+    assert torch.equal(out, f2 * mask)
+
+
+# --- reference: known values -------------------------------------------------------------------
+
+def test_reference_known_values():
+    # A = [[1, 5], [3, 5]]: the tie between flat indices 1 and 3 goes to 1.
+    f1 = torch.tensor([[1.0, 5.0], [3.0, 5.0]]).reshape(1, 1, 2, 2).repeat(1, 2, 1, 1) / 2
+    f2 = torch.arange(1.0, 9.0).reshape(1, 2, 2, 2)
+    expected = {0: [1, 1, 1, 1], 1: [1, 0, 1, 1], 2: [1, 0, 1, 0], 3: [1, 0, 0, 0], 4: [0, 0, 0, 0], 9: [0, 0, 0, 0]}
+    for k, m in expected.items():
+        out, mask = topk_mask_reference(f1, f2, k)
+        m = torch.tensor(m, dtype=torch.float32).reshape(1, 1, 2, 2)
+        torch.testing.assert_close(mask, m, rtol=0, atol=0)
+        torch.testing.assert_close(out, f2 * m, rtol=0, atol=0)
+
+
+def test_reference_nan_counts_as_largest():
+    f1 = torch.tensor([3.0, float("nan"), 7.0, float("inf"), float("nan"), -1.0]).reshape(1, 1, 2, 3)
+    f2 = torch.ones(1, 2, 2, 3)
+    for k, zeroed in [(1, [1]), (2, [1, 4]), (3, [1, 3, 4]), (4, [1, 2, 3, 4])]:
+        _, mask = topk_mask_reference(f1, f2, k)
+        assert (mask.flatten() == 0).nonzero().flatten().tolist() == zeroed
+
+
+def test_reference_matches_sum_topk_scatter_mul():
+    # The eager recipe of the issue, on values without ties.
+    f1, f2 = float_inputs((3, 6, 5, 4), torch.float64, "cpu")
+    k = 7
+    a = f1.sum(1).flatten(1)
+    mask = torch.ones_like(a).scatter_(1, a.topk(k, dim=1).indices, 0).reshape(3, 1, 5, 4)
+    out, ref_mask = topk_mask_reference(f1, f2, k)
+    assert torch.equal(ref_mask, mask) and torch.equal(out, f2 * mask)
+
+
+# --- kernels vs reference ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS + ["mixed"])
+def test_forward_ties_exact(backend, device, dtype, layout):
+    shape = (2, 3, 9, 11)  # H*W = 99: two blocks of the Triton selection
+    f1, f2 = int_inputs(shape, dtype, device)
+    if layout == "mixed":
+        f1, f2 = to_layout(f1, "channels_last"), to_layout(f2, "strided")
+    else:
+        f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    for k in [0, 1, 20, 98, 500]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        assert_exact(out, mask, f1, f2, k)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_all_equal_attention_zeroes_first_positions(backend, device):
+    f1 = torch.ones(2, 4, 3, 5, device=device)
+    f2 = torch.rand(2, 4, 3, 5, device=device) + 1
+    out, mask = fgreid_ops.topk_mask(f1, f2, 6, backend=backend)
+    expected = torch.tensor([0.0] * 6 + [1.0] * 9, device=device).reshape(1, 1, 3, 5).expand(2, 1, 3, 5)
+    assert torch.equal(mask, expected) and torch.equal(out, f2 * expected)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_many_channels_exact(backend, device):
+    # C > 128: the kernels sum fixed chunks of channels, then add the chunks in order.
+    f1, f2 = int_inputs((2, 300, 4, 5), torch.float32, device, seed=3)
+    for k in [1, 7]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        assert_exact(out, mask, f1, f2, k)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_large_map_exact(backend, device):
+    # H*W = 340 > 256: several tiles of the CUDA selection and of the Triton rank blocks
+    f1, f2 = int_inputs((2, 3, 20, 17), torch.float32, device, seed=6)
+    for k in [1, 100, 339]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        assert_exact(out, mask, f1, f2, k)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(3, 37, 6, 5), (2, 16, 4, 8)], ids=["odd", "vec"])
+def test_forward_random_values(backend, device, dtype, layout, shape):
+    # "vec": H*W and C multiples of 16 bytes of every dtype, the vectorized CUDA multiply
+    f1, f2 = float_inputs(shape, dtype, device, seed=1)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    for k in [1, 5, 29]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        assert_valid_selection(out, mask, f1, f2, k)
+
+
+def test_cpu_result_independent_of_thread_count():
+    f1, f2 = float_inputs((4, 700, 6, 4), torch.float32, "cpu", seed=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fgreid_ops.topk_mask(f1, f2, 5, backend="cpu")
+        torch.set_num_threads(max(2, threads))
+        many = fgreid_ops.topk_mask(f1, f2, 5, backend="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_output_layout_and_dtype(backend, device, layout):
+    f1, f2 = float_inputs((2, 3, 4, 5), torch.float16, device)
+    out, mask = fgreid_ops.topk_mask(f1, to_layout(f2, layout), 2, backend=backend)
+    assert mask.shape == (2, 1, 4, 5) and mask.dtype == torch.float16 and mask.is_contiguous()
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    else:
+        assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_nan_and_inf(backend, device, layout):
+    f1, f2 = int_inputs((2, 3, 3, 4), torch.float32, device, seed=4)
+    f1[0, 1, 2, 1] = float("nan")  # A is NaN there: counts as the largest
+    f1[1, 0, 0, 3] = float("inf")
+    f2[0, 2, 2, 1] = float("inf")  # at a zeroed position: inf * 0 = NaN, as in f2 * mask
+    f2[1, 1, 1, 1] = float("nan")
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    for k in [1, 3, 12]:
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        ref_out, ref_mask = topk_mask_reference(f1, f2, k)
+        assert torch.equal(mask, ref_mask)
+        assert mask[0, 0, 2, 1] == 0 and mask[1, 0, 0, 3] == 0
+        torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True)
+        assert torch.isnan(out[0, 2, 2, 1])
+
+
+# --- gradients ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_matches_reference(backend, device, dtype, layout):
+    f1, f2 = int_inputs((2, 4, 5, 3), dtype, device, seed=5)
+    f1 = to_layout(f1, layout).requires_grad_()
+    f2 = to_layout(f2, layout).requires_grad_()
+    grad = to_layout(torch.randn(2, 4, 5, 3, dtype=torch.float64).to(dtype).to(device), layout)
+    out, mask = fgreid_ops.topk_mask(f1, f2, 4, backend=backend)
+    assert not mask.requires_grad
+    (g2,) = torch.autograd.grad(out, f2, grad)
+    ref_out, ref_mask = topk_mask_reference(f1, f2, 4)
+    (g2_ref,) = torch.autograd.grad(ref_out, f2, grad)
+    assert g2.dtype == dtype and torch.equal(g2, g2_ref) and torch.equal(g2, grad * mask)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_backward_op_with_any_mask(backend, device, dtype, layout):
+    # Direct callers may pass any mask, not only the forward's 0/1 one (-0.0 included).
+    backward = torch.ops.fgreid.topk_mask_triton_backward if backend == "triton" else torch.ops.fgreid.topk_mask_backward
+    grad = to_layout(torch.randn(2, 3, 4, 5, dtype=torch.float64).to(dtype).to(device), layout)
+    for mask in [torch.rand(2, 1, 4, 5), torch.tensor([0.0, -0.0, 1.0, 1.0, 0.0]).repeat(2, 1, 4, 1)]:
+        mask = mask.to(dtype).to(device)
+        expected = (grad.double() * mask.double()).to(dtype)
+        # the Triton interpreter truncates float32 -> bfloat16 instead of rounding: 1 ulp
+        ulp = 2**-7 if dtype == torch.bfloat16 and backend == "triton" and device == "cpu" else 0
+        torch.testing.assert_close(backward(grad, mask), expected, rtol=ulp, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_f1_receives_no_gradient(backend, device):
+    f1, f2 = float_inputs((2, 3, 4, 4), torch.float32, device)
+    f1.requires_grad_()
+    f2.requires_grad_()
+    out, mask = fgreid_ops.topk_mask(f1, f2, 3, backend=backend)
+    (out.sum() + mask.sum()).backward()
+    assert f1.grad is None
+    assert torch.equal(f2.grad, mask.expand_as(f2))
+    # f1 alone requiring grad: the output is in the graph, f1.grad still stays None
+    f1.grad = None
+    out, _ = fgreid_ops.topk_mask(f1, f2.detach(), 3, backend=backend)
+    out.sum().backward()
+    assert f1.grad is None
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck(backend, device, layout):
+    f1, f2 = float_inputs((2, 3, 3, 4), torch.float64, device)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout).requires_grad_()
+    # the Triton interpreter runs a forward per perturbed element: fast mode (random projections)
+    fast = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(
+        lambda b: fgreid_ops.topk_mask(f1, b, 5, backend=backend)[0], (f2,), fast_mode=fast
+    )
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(backend, device, layout):
+    triton = backend == "triton"
+    op = torch.ops.fgreid.topk_mask_triton if triton else torch.ops.fgreid.topk_mask
+    backward = torch.ops.fgreid.topk_mask_triton_backward if triton else torch.ops.fgreid.topk_mask_backward
+    f1, f2 = int_inputs((2, 3, 4, 5), torch.float32, device)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    if layout == "contiguous":
+        torch.library.opcheck(op, (f1, f2, 3))
+    torch.library.opcheck(op, (f1, f2.requires_grad_(), 3))
+    _, mask = op(f1, f2.detach(), 3)
+    torch.library.opcheck(backward, (to_layout(torch.rand(2, 3, 4, 5, device=device), layout), mask))
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def _t(*shape, dtype=torch.float32):
+    return torch.rand(*shape).to(dtype)
+
+
+BAD_INPUTS = [
+    ("f1 to be 4-D", lambda: (_t(2, 3, 4), _t(2, 3, 4), 1), ValueError),
+    ("f1 to be float32", lambda: (torch.ones(2, 3, 4, 4, dtype=torch.int64),) * 2 + (1,), TypeError),
+    ("f2 to have the same dtype as f1", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4, dtype=torch.float16), 1), TypeError),
+    ("f2 of the same shape as f1", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 5), 1), ValueError),
+    ("f2 of the same shape as f1", lambda: (_t(2, 3, 4, 4), _t(2, 3, 16), 1), ValueError),
+    ("f1 to have a non-empty batch", lambda: (_t(0, 3, 4, 4), _t(0, 3, 4, 4), 1), ValueError),
+    ("f1 to be non-empty", lambda: (_t(2, 0, 4, 4), _t(2, 0, 4, 4), 1), ValueError),
+    ("f1 to be non-empty", lambda: (_t(2, 3, 0, 4), _t(2, 3, 0, 4), 1), ValueError),
+    ("k >= 0", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4), -1), ValueError),
+    # Python-only (the schema itself refuses these on direct torch.ops calls)
+    ("k to be an int", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4), 2.0), TypeError),
+    ("k to be an int", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4), True), TypeError),
+    ("k to be an int", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4), None), TypeError),
+    ("f1 to be a torch.Tensor", lambda: ([[1.0]], _t(2, 3, 4, 4), 1), TypeError),
+    ("f2 to be a torch.Tensor", lambda: (_t(2, 3, 4, 4), None, 1), TypeError),
+]
+N_KERNEL_CHECKED = 9
+
+
+def _pattern(op, message):
+    return f"fgreid_ops.{op}: expected " + message.replace("[", r"\[").replace("]", r"\]")
+
+
+@pytest.mark.parametrize("message,make,error", BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize("backend,device", BACKENDS[:2])
+def test_bad_input_raises_naming_argument(backend, device, message, make, error):
+    f1, f2, k = make()
+    with pytest.raises(error, match=_pattern("topk_mask", message)):
+        fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+
+
+@pytest.mark.parametrize("message,make,error", BAD_INPUTS[:N_KERNEL_CHECKED])
+def test_bad_input_raises_in_kernel_and_on_meta(message, make, error):
+    f1, f2, k = make()
+    pattern = _pattern("topk_mask", message)
+    ops = [torch.ops.fgreid.topk_mask]
+    if fgreid_ops._backend.triton_available("cpu"):
+        ops.append(torch.ops.fgreid.topk_mask_triton)
+    for op in ops:
+        with pytest.raises((error, RuntimeError), match=pattern):
+            op(f1, f2, k)  # the C++ checks (the Python ones for Triton), for direct torch.ops callers
+        with pytest.raises((error, RuntimeError), match=pattern):
+            op(f1.to("meta"), f2.to("meta"), k)  # the fake
+
+
+def test_device_mismatch_names_argument():
+    with pytest.raises(ValueError, match="expected f2 on the same device as f1"):
+        fgreid_ops.topk_mask(_t(2, 3, 4, 4), torch.rand(2, 3, 4, 4, device="meta"), 1)
+
+
+BAD_BACKWARD = [
+    ("mask of shape [N, 1, H, W]=[2, 1, 4, 4]", lambda: (_t(2, 3, 4, 4), _t(2, 3, 4, 4)), ValueError),
+    ("mask of shape [N, 1, H, W]=[2, 1, 4, 4]", lambda: (_t(2, 3, 4, 4), _t(2, 1, 4, 5)), ValueError),
+    ("grad_out to be 4-D", lambda: (_t(2, 3, 16), _t(2, 1, 4, 4)), ValueError),
+    ("mask to be float32", lambda: (_t(2, 3, 4, 4), torch.ones(2, 1, 4, 4, dtype=torch.bool)), TypeError),
+]
+
+
+@pytest.mark.parametrize("message,make,error", BAD_BACKWARD)
+def test_bad_backward_input(message, make, error):
+    grad, mask = make()
+    pattern = _pattern("topk_mask_backward", message)
+    ops = [torch.ops.fgreid.topk_mask_backward]
+    if fgreid_ops._backend.triton_available("cpu"):
+        ops.append(torch.ops.fgreid.topk_mask_triton_backward)
+    for op in ops:
+        with pytest.raises((error, RuntimeError), match=pattern):
+            op(grad, mask)
+        with pytest.raises((error, RuntimeError), match=pattern):
+            op(grad.to("meta"), mask.to("meta"))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend"):
+        fgreid_ops.topk_mask(_t(1, 1, 2, 2), _t(1, 1, 2, 2), 1, backend="fortran")
+
+
+def test_reference_switch():
+    f1, f2 = float_inputs((2, 3, 4, 4), torch.float32, "cpu")
+    with fgreid_ops.use_reference():
+        ref = fgreid_ops.topk_mask(f1, f2, 3)
+    out = fgreid_ops.topk_mask(f1, f2, 3)
+    assert torch.equal(ref[1], out[1]) and torch.equal(ref[0], out[0])
+
+
+# --- torch.compile -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+
+    def branch(f1, f2, k):
+        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+        return out.mean(dim=(2, 3)), mask
+
+    compiled = torch.compile(branch, fullgraph=True, dynamic=True)
+    for shape, k in [((2, 4, 5, 3), 5), ((3, 4, 6, 2), 0)]:
+        f1, f2 = int_inputs(shape, torch.float32, device, seed=shape[0])
+        f2.requires_grad_()
+        pooled, mask = compiled(f1, f2, k)
+        ref_pooled, ref_mask = branch(f1, f2, k)
+        assert torch.equal(mask, ref_mask)
+        torch.testing.assert_close(pooled, ref_pooled)
+        (g,) = torch.autograd.grad(pooled.sum(), f2)
+        (g_ref,) = torch.autograd.grad(ref_pooled.sum(), f2)
+        torch.testing.assert_close(g, g_ref)
+
+
+# --- hypothesis --------------------------------------------------------------------------------
+
+@given(
+    n=st.integers(1, 3), c=st.integers(1, 40), h=st.integers(1, 9), w=st.integers(1, 9),
+    k_frac=st.floats(0.0, 1.2), exact=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_hypothesis_forward_backward(backend, device, n, c, h, w, k_frac, exact, dtype, layout, seed):
+    shape = (n, c, h, w)
+    f1, f2 = (int_inputs if exact else float_inputs)(shape, dtype, device, seed=seed)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout).requires_grad_()
+    k = int(k_frac * h * w)
+    out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+    (assert_exact if exact else assert_valid_selection)(out, mask, f1, f2.detach(), k)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
+    (g2,) = torch.autograd.grad(out, f2, grad)
+    assert torch.equal(g2, grad * mask)
