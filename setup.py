@@ -52,7 +52,7 @@ def extension():
 
 
 setup(
-    packages=find_packages(include=["fgreid_ops", "fgreid_ops.*"]),
+    packages=find_packages(include=["fgreid_ops", "fgreid_ops.*", "python_models"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},

@@ -19,6 +19,7 @@ class Case:
     bytes_moved: int
     providers: dict  # name -> Callable[[], object]
     note: str = ""
+    items: int = 0  # images per call, for whole-model cases (reported as img/s)
 
 
 def forward_backward(fn: Callable, inputs: tuple, grad_outputs=None) -> Callable[[], object]:

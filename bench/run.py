@@ -58,12 +58,16 @@ def run_cases(op, device, quick, threads_label, rows, peak):
     module = importlib.import_module(f"cases.{op}")
     timer = time_cuda if device == "cuda" else time_cpu
     for case in module.cases(device, quick):
-        results = {}
+        results, peaks = {}, {}
         for name, fn in case.providers.items():
             try:
                 fn()  # warm-up (and compilation for the "compile" provider)
                 if device == "cuda":
                     torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    fn()
+                    torch.cuda.synchronize()
+                    peaks[name] = torch.cuda.max_memory_allocated() / 2**20
                 results[name] = timer(fn, quick)
             except Exception as exc:  # a provider that cannot run is reported, not fatal
                 results[name] = None
@@ -79,6 +83,9 @@ def run_cases(op, device, quick, threads_label, rows, peak):
                        gbps=case.bytes_moved / p50 / 1e9 if case.bytes_moved else None,
                        vs_eager=eager[1] / p50 if eager else None, vs_compile=comp[1] / p50 if comp else None,
                        note=case.note)
+            if case.items:
+                row["items_per_s"] = case.items / p50
+                row["peak_mib"] = peaks.get(name)
             if peak:
                 row["pct_peak_bw"] = 100 * case.bytes_moved / p50 / peak
             rows.append(row)
@@ -100,6 +107,20 @@ def table(rows, device):
         if device == "cuda":
             line += f" {fmt(r.get('pct_peak_bw'), '.0f')} |"
         lines.append(line)
+    return "\n".join(lines)
+
+
+def model_table(rows):
+    """Whole-model cases: images per second and, on CUDA, peak memory of one call."""
+    rows = [r for r in rows if r.get("items_per_s")]
+    if not rows:
+        return ""
+    lines = ["", "", "| model | config | mode | threads | provider | img/s | peak MiB | vs eager | vs compile | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['op']} | {r['config']} | {r['mode']} | {r['threads']} | {r['provider']} | "
+                     f"{r['items_per_s']:.1f} | {fmt(r.get('peak_mib'), '.0f')} | {fmt(r['vs_eager'], '.2f')}× | "
+                     f"{fmt(r['vs_compile'], '.2f')}× | {r['note']} |")
     return "\n".join(lines)
 
 
@@ -166,7 +187,7 @@ def main(argv=None):
         meta = dict(device=label, torch=torch.__version__, fgreid_ops=fgreid_ops.__version__,
                     python=platform.python_version(), date=datetime.date.today().isoformat(), quick=args.quick,
                     peak_bandwidth_gbps=peak / 1e9 if peak else None, seconds=round(time.time() - start, 1))
-        md = table(rows, device)
+        md = table(rows, device) + model_table(rows)
         print(f"\n## {label} — torch {torch.__version__}\n\n{md}\n")
         name = ("quick-" if args.quick else "") + ("cpu" if device == "cpu" else slug(label))
         with open(os.path.join(args.out, name + ".json"), "w") as f:

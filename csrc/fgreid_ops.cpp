@@ -16,6 +16,13 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
+
+  // Fused localization (SPEC §3): feat * F.interpolate(mask, (H, W), mode, align_corners=False),
+  // or its mean over H x W with pool. Unrequested gradients come back as empty tensors.
+  m.def("mask_upsample_mul(Tensor feat, Tensor mask, str mode, bool pool) -> Tensor");
+  m.def(
+      "mask_upsample_mul_backward(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool,"
+      " bool need_grad_feat, bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)");
   // OFF (SPEC §2). off: a, b [..., C, H, W] -> [..., 3C, H, W] = [Sx(a), Sy(a), b - a];
   // off_backward returns grad_a only (grad_b is a view of grad_out). off_segment: x [N, T, C, H, W]
   // -> off(x[:, :-stride], x[:, stride:]); its backward writes grad_x [N, T, C, H, W] in one pass.
@@ -53,4 +60,27 @@ TORCH_LIBRARY(fgreid, m) {
   m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
   m.def("topk_mask_triton(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
   m.def("topk_mask_triton_backward(Tensor grad_out, Tensor mask) -> Tensor");
+  // Batch-hard triplet mining (SPEC §5): for each anchor row of emb, the index into ref_emb of
+  // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
+  // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.
+  // distance is "euclidean", "sqeuclidean" or "cosine" (= 1 - a.b: the caller L2-normalizes the
+  // rows first). d_ap, d_an are the distances of the selected pairs (-inf / +inf where none, so
+  // that relu(d_ap - d_an + margin) is 0 there) in float32
+  // (float64 for float64 input). The B x M distance matrix is never stored. The backward takes
+  // the gradients of d_ap, d_an and uses the saved indices: grad_ref is empty unless
+  // need_ref_grad. The loss itself is computed in Python (fgreid_ops/ops/batch_hard_triplet.py).
+  m.def(
+      "batch_hard_triplet_mine(Tensor emb, Tensor labels, Tensor ref_emb, Tensor ref_labels,"
+      " str distance) -> (Tensor d_ap, Tensor d_an, Tensor idx_p, Tensor idx_n)");
+  m.def(
+      "batch_hard_triplet_mine_backward(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb,"
+      " Tensor ref_emb, Tensor idx_p, Tensor idx_n, Tensor d_ap, Tensor d_an, str distance,"
+      " bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)");
+  m.def(
+      "batch_hard_triplet_mine_triton(Tensor emb, Tensor labels, Tensor ref_emb,"
+      " Tensor ref_labels, str distance) -> (Tensor d_ap, Tensor d_an, Tensor idx_p, Tensor idx_n)");
+  m.def(
+      "batch_hard_triplet_mine_triton_backward(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb,"
+      " Tensor ref_emb, Tensor idx_p, Tensor idx_n, Tensor d_ap, Tensor d_an, str distance,"
+      " bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)");
 }

@@ -15,3 +15,9 @@ __version__ = "0.1.0"
 
 __all__ = [*_ops_all, "evaluate_mars", "evaluate_fgpr", "FGPRResult", "tracklet_features",
            "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
+from .ops import gem, batch_hard_triplet
+from . import distributed, nn, reference
+
+__version__ = "0.1.0"
+
+__all__ = ["gem", "batch_hard_triplet", "nn", "distributed", "reference", "use_reference", "has_extension", "has_cuda_kernels"]

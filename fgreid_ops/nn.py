@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .ops.gem import gem
+from .ops.batch_hard_triplet import batch_hard_triplet
 
 
 class GeM(nn.Module):
@@ -30,3 +31,73 @@ class GeM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.detach().flatten().tolist()[:4]}, eps={self.eps}, learn_p={self.p.requires_grad}"
+
+
+class TripletLoss(nn.Module):
+    """Triplet loss with batch-hard mining (Hermans et al. 2017), a drop-in for fast-reid's
+    ``triplet_loss(embedding, targets, margin, norm_feat, hard_mining)``: the same number on the
+    same input, computed by :func:`fgreid_ops.batch_hard_triplet` without the B×B matrix.
+
+    - ``margin > 0``: mean of relu(d_ap − d_an + margin) (fast-reid's margin_ranking_loss);
+      ``margin`` 0 or None: mean of softplus(d_ap − d_an) (its soft_margin_loss). fast-reid
+      computes log(1 + exp(·)) and, where that overflows to inf, falls back to margin 0.3;
+      softplus here does not overflow, so that fallback never applies.
+    - ``norm_feat``: L2-normalize first (fast-reid divides by |x| + 1e-12, here by
+      max(|x|, 1e-12): equal up to 1e-12 relative).
+    - ``hard_mining=False`` is fast-reid's softmax-weighted mining, kept for compatibility in
+      plain PyTorch: it needs the full distance matrix.
+    - Under torch.distributed with more than one rank, ``gather=True`` (default, as fast-reid)
+      takes the references from every rank (fgreid_ops.distributed), with the gradient of the
+      gathered rows returned to the rank that owns them.
+
+    Unlike fast-reid it accepts identities with unequal counts in a batch.
+    """
+
+    def __init__(self, margin: float | None = 0.3, norm_feat: bool = False, hard_mining: bool = True,
+                 distance: str = "euclidean", gather: bool = True, backend: str | None = None):
+        super().__init__()
+        self.margin = margin
+        self.norm_feat = norm_feat
+        self.hard_mining = hard_mining
+        self.distance = distance
+        self.gather = gather
+        self.backend = backend
+
+    def forward(self, embedding: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from . import distributed
+
+        ref_emb = ref_labels = None
+        if self.gather and distributed.world_size() > 1:
+            ref_emb, ref_labels = distributed.all_gather_embeddings(embedding, targets)
+        if not self.hard_mining:
+            return _weighted_triplet(embedding, targets, ref_emb, ref_labels, self.margin, self.norm_feat)
+        return batch_hard_triplet(embedding, targets, self.margin, ref_emb=ref_emb, ref_labels=ref_labels,
+                                  distance=self.distance, normalize=self.norm_feat, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, norm_feat={self.norm_feat}, hard_mining={self.hard_mining}, distance={self.distance!r}"
+
+
+def _weighted_triplet(emb, labels, ref_emb, ref_labels, margin, norm_feat):
+    """fast-reid's weighted_example_mining: d_ap and d_an are softmax(±d)-weighted means over the
+    positives and negatives (full B×M matrix, plain PyTorch, euclidean distance)."""
+    import torch.nn.functional as F
+
+    x = F.normalize(emb, dim=1) if norm_feat else emb
+    y = x if ref_emb is None else (F.normalize(ref_emb, dim=1) if norm_feat else ref_emb)
+    ref_labels = labels if ref_labels is None else ref_labels
+    sq = x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1)[None, :] - 2 * x @ y.T
+    dist = sq.clamp(min=1e-12).sqrt()
+    is_pos = (labels[:, None] == ref_labels[None, :]).to(dist.dtype)
+    is_neg = 1 - is_pos
+
+    def softmax_weights(d, mask):
+        max_v = (d * mask).amax(dim=1, keepdim=True)
+        e = torch.exp(d - max_v)
+        return e * mask / ((e * mask).sum(dim=1, keepdim=True) + 1e-6)
+
+    d_ap = (dist * is_pos * softmax_weights(dist * is_pos, is_pos)).sum(1)
+    d_an = (dist * is_neg * softmax_weights(-dist * is_neg, is_neg)).sum(1)
+    if margin:
+        return F.relu(d_ap - d_an + margin).mean()
+    return F.softplus(d_ap - d_an).mean()

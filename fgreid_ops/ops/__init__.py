@@ -2,7 +2,11 @@
 
 from .evaluate import evaluate, evaluate_features, EvaluationResult
 from .gem import gem
+from .mask_upsample_mul import mask_upsample_mul
 from .off import off
 from .topk_mask import topk_mask
 
-__all__ = ["evaluate", "evaluate_features", "EvaluationResult", "gem", "off", "topk_mask"]
+__all__ = ["evaluate", "evaluate_features", "EvaluationResult", "gem", "mask_upsample_mul", "off", "topk_mask"]
+from .batch_hard_triplet import batch_hard_triplet
+
+__all__ = ["gem", "batch_hard_triplet"]

@@ -1,0 +1,429 @@
+// Fused localization on CPU (SPEC §3): out = feat * up(mask), up = F.interpolate(mask, (H, W),
+// mode, align_corners=False), or its spatial mean with pool=True, without materializing up(mask).
+//
+// The resize is separable and the kernels follow ATen's order of operations: each needed source
+// row of a mask plane is first resized along x (`hz`, h x W values), then output rows are blended
+// along y, one tile of rows at a time (`tile`, <= kTileElems values, cache resident), and the tile is
+// applied to a block of channels. Where ATen's CPU kernel sums four weighted taps instead (small
+// outputs), so does the tile. The backward recomputes the tile; the mask gradient is the adjoint
+// of the resize, accumulated in a fixed order (a shared mask: channels, x, y; a per-channel mask:
+// y, then x) whatever the thread count, so it is deterministic.
+// feat is read as contiguous NCHW (other layouts are copied first); out and grad_feat are contiguous.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string_view>
+#include <vector>
+
+#include "fgreid_ops/checks.h"
+#include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/mask_upsample_mul_checks.h"
+#include "fgreid_ops/upsample_index.h"
+
+namespace fgreid_ops {
+namespace {
+
+constexpr int64_t kTileElems = 4096;
+constexpr int64_t kMaxChannelBlock = 128;
+constexpr int64_t kGrainElems = 32768;  // at::internal::GRAIN_SIZE
+
+// The taps of one output axis: value[d] = w0[d] * src[i0[d]] + w1[d] * src[i1[d]] (bilinear) or
+// src[i0[d]] (nearest).
+template <typename acc_t>
+struct Axis {
+  std::vector<int64_t> i0, i1;
+  std::vector<acc_t> w0, w1;
+
+  Axis(int64_t in, int64_t out, bool linear) : i0(out), i1(out), w0(out), w1(out) {
+    const acc_t scale = linear_scale<acc_t>(in, out);
+    for (int64_t d = 0; d < out; ++d) {
+      if (linear) {
+        const LinearTap<acc_t> t = linear_tap<acc_t>(scale, d, in, out);
+        i0[d] = t.i0, i1[d] = t.i1, w0[d] = t.w0, w1[d] = t.w1;
+      } else {
+        i0[d] = i1[d] = nearest_src(d, in, out);
+        w0[d] = 1, w1[d] = 0;
+      }
+    }
+  }
+};
+
+// dst = a * wa + b * wb: the y-blend of two x-resized rows, in ATen's order.
+template <typename acc_t>
+FGREID_CPU_CLONES void blend(const acc_t* a, const acc_t* b, acc_t wa, acc_t wb, acc_t* dst, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) dst[k] = a[k] * wa + b[k] * wb;
+}
+
+// dst[x] = src[i0[x]] * w0[x] + src[i1[x]] * w1[x]. Cloned like `blend` so that the AVX2 build
+// contracts it to FMAs as ATen's AVX2 upsample kernel does: fp32 results then equal
+// F.interpolate's bit for bit on ATen's separable path.
+template <typename acc_t>
+FGREID_CPU_CLONES void resize_row(const acc_t* src, const int64_t* i0, const int64_t* i1, const acc_t* w0,
+                                  const acc_t* w1, acc_t* dst, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = src[i0[x]] * w0[x] + src[i1[x]] * w1[x];
+}
+
+// ATen's small-output kernel: dst[x] = r0[i0] w00 + r0[i1] w01 + r1[i0] w10 + r1[i1] w11 with the
+// weights multiplied first (w00 = wy0 * wx0, ...), summed left to right in its scalar loop and
+// right to left (`nested`) in its vectorized loop over channels.
+template <typename acc_t>
+FGREID_CPU_CLONES void four_taps(const acc_t* r0, const acc_t* r1, acc_t wy0, acc_t wy1, const int64_t* i0,
+                                 const int64_t* i1, const acc_t* w0, const acc_t* w1, acc_t* dst, int64_t n,
+                                 bool nested) {
+  for (int64_t x = 0; x < n; ++x) {
+    const acc_t w00 = wy0 * w0[x], w01 = wy0 * w1[x], w10 = wy1 * w0[x], w11 = wy1 * w1[x];
+    const acc_t a = r0[i0[x]], b = r0[i1[x]], c = r1[i0[x]], d = r1[i1[x]];
+    // Both forms as ATen's AVX2 build contracts them, spelled out: which product of a sum gcc
+    // fuses into an FMA otherwise depends on the surrounding code. (Without hardware FMA, the
+    // default clone calls libm's fma; ATen's non-AVX2 kernels round differently anyway.)
+    dst[x] = nested ? std::fma(a, w00, std::fma(b, w01, std::fma(d, w11, c * w10)))
+                    : std::fma(d, w11, std::fma(c, w10, std::fma(a, w00, b * w01)));
+  }
+}
+
+template <typename acc_t>
+void axpy(acc_t alpha, const acc_t* x, acc_t* y, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) y[k] += alpha * x[k];
+}
+
+template <typename acc_t>
+struct Resize {
+  int64_t h, w, H, W, tile_rows;
+  bool linear, four_tap;
+  int64_t vector_channels = 0;  // mask channels that ATen's four-tap kernel handles in vector registers
+  Axis<acc_t> ys, xs;
+  std::vector<char> row_used;  // source rows that some output row reads
+  // The x-taps grouped by source column (CSR): column j receives weight tap_w[k] from output
+  // x = tap_x[k] for k in [tap_start[j], tap_start[j + 1]), in increasing x (w0 before w1).
+  // Gathering per column keeps the adjoint's sums in registers; scattering into t[i(x)] stalled
+  // on store-to-load forwarding.
+  std::vector<int64_t> tap_start, tap_x;
+  std::vector<acc_t> tap_w;
+
+  Resize(int64_t h_, int64_t w_, int64_t H_, int64_t W_, bool linear_, bool four_tap_, int64_t mask_channels)
+      : h(h_), w(w_), H(H_), W(W_), tile_rows(std::max<int64_t>(1, kTileElems / W_)), linear(linear_),
+        four_tap(linear_ && four_tap_), ys(h_, H_, linear_), xs(w_, W_, linear_), row_used(h_, 0), tap_start(w_ + 1, 0) {
+    for (int64_t y = 0; y < H; ++y) row_used[ys.i0[y]] = row_used[ys.i1[y]] = 1;
+    static const int64_t vector_bytes = at::get_cpu_capability() == "AVX512" ? 64 : 32;
+    const int64_t lanes = vector_bytes / static_cast<int64_t>(sizeof(acc_t));
+    vector_channels = mask_channels - mask_channels % lanes;
+    const int taps = linear ? 2 : 1;
+    for (int64_t x = 0; x < W; ++x) {
+      ++tap_start[xs.i0[x] + 1];
+      if (taps == 2) ++tap_start[xs.i1[x] + 1];
+    }
+    for (int64_t j = 0; j < w; ++j) tap_start[j + 1] += tap_start[j];
+    tap_x.resize(tap_start[w]);
+    tap_w.resize(tap_start[w]);
+    std::vector<int64_t> next(tap_start.begin(), tap_start.end() - 1);
+    for (int64_t x = 0; x < W; ++x) {
+      tap_x[next[xs.i0[x]]] = x, tap_w[next[xs.i0[x]]++] = xs.w0[x];
+      if (taps == 2) tap_x[next[xs.i1[x]]] = x, tap_w[next[xs.i1[x]]++] = xs.w1[x];
+    }
+  }
+
+  // hz[i, x] = the x-resized source row i of one mask plane (h x w, contiguous).
+  void resize_rows(const acc_t* plane, acc_t* hz) const {
+    if (four_tap) return;
+    for (int64_t i = 0; i < h; ++i) {
+      if (!row_used[i]) continue;
+      const acc_t* src = plane + i * w;
+      acc_t* dst = hz + i * W;
+      if (linear) {
+        resize_row(src, xs.i0.data(), xs.i1.data(), xs.w0.data(), xs.w1.data(), dst, W);
+      } else {
+        for (int64_t x = 0; x < W; ++x) dst[x] = src[xs.i0[x]];
+      }
+    }
+  }
+
+  // tile[(y - y0) * W + x] = up(mask)[y, x] for y in [y0, y1), from hz (or the plane itself).
+  // `channel` is the plane's channel in the mask, which decides ATen's summation order.
+  void fill_tile(const acc_t* plane, int64_t channel, const acc_t* hz, int64_t y0, int64_t y1, acc_t* tile) const {
+    for (int64_t y = y0; y < y1; ++y) {
+      acc_t* dst = tile + (y - y0) * W;
+      if (four_tap) {
+        four_taps(plane + ys.i0[y] * w, plane + ys.i1[y] * w, ys.w0[y], ys.w1[y], xs.i0.data(), xs.i1.data(),
+                  xs.w0.data(), xs.w1.data(), dst, W, channel < vector_channels);
+        continue;
+      }
+      const acc_t* a = hz + ys.i0[y] * W;
+      if (linear) {
+        blend(a, hz + ys.i1[y] * W, ys.w0[y], ys.w1[y], dst, W);
+      } else {
+        std::copy(a, a + W, dst);
+      }
+    }
+  }
+
+  // Adjoint of the x-resize for one row: t[j] = sum_x [i(x) = j] w(x) g[x], x in order.
+  void row_adjoint(const acc_t* g, acc_t* t) const {
+    for (int64_t j = 0; j < w; ++j) {
+      acc_t sum = 0;
+      for (int64_t k = tap_start[j]; k < tap_start[j + 1]; ++k) sum += tap_w[k] * g[tap_x[k]];
+      t[j] = sum;
+    }
+  }
+
+  // Adjoint of the y-resize for rows [y0, y1) of rows of length `len` (t holds row y at
+  // (y - y0) * len): out[i, :] += sum_y [i(y) = i] w(y) t[y, :], y in order.
+  void col_adjoint_rows(const acc_t* t, int64_t y0, int64_t y1, int64_t len, acc_t* out) const {
+    for (int64_t y = y0; y < y1; ++y) {
+      const acc_t* row = t + (y - y0) * len;
+      axpy(ys.w0[y], row, out + ys.i0[y] * len, len);
+      if (linear) axpy(ys.w1[y], row, out + ys.i1[y] * len, len);
+    }
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void mul_tile(const scalar_t* f, const acc_t* m, scalar_t* out, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(static_cast<acc_t>(f[k]) * m[k]);
+}
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES acc_t dot_tile(const scalar_t* f, const acc_t* m, int64_t n) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < n; ++k) sum += static_cast<acc_t>(f[k]) * m[k];
+  return sum;
+}
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void scale_tile(acc_t coef, const acc_t* m, scalar_t* out, int64_t n) {
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(coef * m[k]);
+}
+
+// acc[k] (+)= g[k] * f[k]; `first` overwrites, so the sum over channels needs no zeroing pass.
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void mul_acc_tile(const scalar_t* g, const scalar_t* f, acc_t* acc, int64_t n, bool first) {
+  if (first) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) acc[k] = static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void axpy_tile(acc_t coef, const scalar_t* f, acc_t* acc, int64_t n, bool first) {
+  if (first) {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) acc[k] = coef * static_cast<acc_t>(f[k]);
+  } else {
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) acc[k] += coef * static_cast<acc_t>(f[k]);
+  }
+}
+
+// Channels per task when one mask plane serves all C channels: the x/y resize is done once per
+// task, and the split does not change any result (each output sums in a fixed order).
+int64_t channel_block(int64_t N, int64_t C) {
+  const int64_t target_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+  return std::clamp<int64_t>((N * C) / target_tasks, 1, std::min(C, kMaxChannelBlock));
+}
+
+// Tasks per chunk so that small inputs run on the calling thread, without a parallel region.
+int64_t grain(int64_t elements_per_task) {
+  return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elements_per_task));
+}
+
+template <typename scalar_t>
+void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear, bool four_tap, bool pool,
+                    at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
+  const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
+  const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
+  const int64_t cb = Cm == 1 ? channel_block(N, C) : 1;
+  const int64_t blocks = (C + cb - 1) / cb;
+  const scalar_t* fd = feat.const_data_ptr<scalar_t>();
+  const acc_t* md = mask.const_data_ptr<acc_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+
+  at::parallel_for(0, N * blocks, grain(cb * HW), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), sums(cb);
+    const bool one_tile = rs.tile_rows >= H;
+    int64_t tile_plane = -1;  // the mask plane whose whole upsampled plane is in `tile`
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * cb, c1 = std::min(C, c0 + cb);
+      const int64_t plane_index = n * Cm + (Cm == 1 ? 0 : c0);
+      const acc_t* plane = md + plane_index * h * w;
+      const bool reuse = one_tile && plane_index == tile_plane;
+      if (!reuse) rs.resize_rows(plane, hz.data());
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
+        const int64_t y1 = std::min(H, y0 + rs.tile_rows), len = (y1 - y0) * W;
+        if (!reuse) rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
+        tile_plane = plane_index;
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t offset = (n * C + c) * HW + y0 * W;
+          if (pool) {
+            sums[c - c0] += dot_tile(fd + offset, tile.data(), len);
+          } else {
+            mul_tile(fd + offset, tile.data(), od + offset, len);
+          }
+        }
+      }
+      if (pool) {
+        for (int64_t c = c0; c < c1; ++c) od[n * C + c] = static_cast<scalar_t>(sums[c - c0] * inv_hw);
+      }
+    }
+  });
+}
+
+// grad_feat = g * up(mask); grad_mask = up^T(G) with G = sum over the channels sharing a mask
+// plane of g * feat. With pool, g[n, c, y, x] = grad_out[n, c] / (H W).
+template <typename scalar_t>
+void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& mask, bool linear,
+                     bool four_tap, bool pool, at::Tensor& grad_feat, at::Tensor& grad_mask) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
+  const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
+  const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
+  const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* fd = feat.const_data_ptr<scalar_t>();
+  const acc_t* md = mask.const_data_ptr<acc_t>();
+  scalar_t* gfd = grad_feat.defined() ? grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
+  acc_t* gmd = grad_mask.defined() ? grad_mask.mutable_data_ptr<acc_t>() : nullptr;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+  const int64_t tiles = (H + rs.tile_rows - 1) / rs.tile_rows;
+  const int64_t tile_cap = std::min(HW, rs.tile_rows * W);
+
+  // The channels [c0, c1) of batch n over rows [y0, y1), all sharing the mask tile `m`: writes
+  // grad_feat there and returns G (summed over those channels, in order) in `g_sum`.
+  const auto tile_pass = [&](int64_t n, int64_t c0, int64_t c1, int64_t y0, int64_t y1, const acc_t* m,
+                             acc_t* g_sum) {
+    const int64_t len = (y1 - y0) * W;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t offset = (n * C + c) * HW + y0 * W;
+      if (pool) {
+        const acc_t coef = static_cast<acc_t>(gd[n * C + c]) * inv_hw;
+        if (gfd) scale_tile(coef, m, gfd + offset, len);
+        if (gmd) axpy_tile(coef, fd + offset, g_sum, len, c == c0);
+      } else {
+        if (gfd) mul_tile(gd + offset, m, gfd + offset, len);
+        if (gmd) mul_acc_tile(gd + offset, fd + offset, g_sum, len, c == c0);
+      }
+    }
+  };
+
+  if (Cm == 1) {
+    // One mask plane per n: tasks are (n, row tile) over all channels; the x-adjoint of each
+    // row goes to t_rows, and the y-adjoint runs per n once every row is done.
+    at::Tensor t_rows = gmd ? at::empty({N, H, w}, mask.options()) : at::Tensor();
+    acc_t* td = gmd ? t_rows.mutable_data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, N * tiles, grain(C * tile_cap), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0);
+      int64_t hz_n = -1;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t n = task / tiles, y0 = (task % tiles) * rs.tile_rows, y1 = std::min(H, y0 + rs.tile_rows);
+        if (gfd) {
+          if (hz_n != n) rs.resize_rows(md + n * h * w, hz.data()), hz_n = n;
+          rs.fill_tile(md + n * h * w, 0, hz.data(), y0, y1, tile.data());
+        }
+        tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data());
+        if (gmd) {
+          for (int64_t y = y0; y < y1; ++y) rs.row_adjoint(g_sum.data() + (y - y0) * W, td + (n * H + y) * w);
+        }
+      }
+    });
+    if (gmd) {
+      at::parallel_for(0, N, grain(2 * H * w), [&](int64_t begin, int64_t end) {
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(gmd + n * h * w, gmd + (n + 1) * h * w, acc_t(0));
+          rs.col_adjoint_rows(td + n * H * w, 0, H, w, gmd + n * h * w);
+        }
+      });
+    }
+    return;
+  }
+  // One mask plane per (n, c): tasks are planes. Here the y-adjoint goes first, as vector axpys
+  // of whole rows into u (h x W), so the scalar x-gather runs over h rows rather than H.
+  at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
+        u(gmd ? h * W : 0);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / C, c = plane % C;
+      if (gfd) rs.resize_rows(md + plane * h * w, hz.data());
+      std::fill(u.begin(), u.end(), acc_t(0));
+      for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
+        const int64_t y1 = std::min(H, y0 + rs.tile_rows);
+        if (gfd) rs.fill_tile(md + plane * h * w, c, hz.data(), y0, y1, tile.data());
+        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data());
+        if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, u.data());
+      }
+      if (gmd) {
+        for (int64_t i = 0; i < h; ++i) rs.row_adjoint(u.data() + i * W, gmd + plane * h * w + i * w);
+      }
+    }
+  });
+}
+
+// Whether ATen's CPU bilinear kernel would take its small-output path (_use_vectorized_kernel_cond_2d:
+// a channels_last mask with more than 3 channels, or H + W <= 128), which sums four weighted taps
+// instead of blending x then y. Following it makes fp32 results bit-identical to F.interpolate's.
+bool aten_four_tap_path(const at::Tensor& feat, const at::Tensor& mask) {
+  return (mask.is_contiguous(at::MemoryFormat::ChannelsLast) && mask.size(1) > 3) ||
+         feat.size(2) + feat.size(3) <= 128;
+}
+
+at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor mask_upsample_mul_cpu(const at::Tensor& feat_in, const at::Tensor& mask_in, std::string_view mode,
+                                 bool pool) {
+  check_mask_upsample_mul_inputs(feat_in, mask_in);
+  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
+  const at::Tensor feat = feat_in.contiguous();
+  const at::Tensor mask = mask_in.to(acc_type(feat.scalar_type())).contiguous();
+  at::Tensor out = pool ? at::empty({feat.size(0), feat.size(1)}, feat.options()) : at::empty(feat.sizes(), feat.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_cpu", [&] {
+    forward_kernel<scalar_t>(feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, out);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tensor& grad_out_in,
+                                                                  const at::Tensor& feat_in,
+                                                                  const at::Tensor& mask_in, std::string_view mode,
+                                                                  bool pool, bool need_grad_feat,
+                                                                  bool need_grad_mask) {
+  check_mask_upsample_mul_inputs(feat_in, mask_in);
+  check_mask_upsample_mul_grad(grad_out_in, feat_in, pool);
+  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
+  const at::Tensor feat = feat_in.contiguous();
+  const at::Tensor grad_out = grad_out_in.to(feat.scalar_type()).contiguous();
+  const at::ScalarType acc = acc_type(feat.scalar_type());
+  const at::Tensor mask = mask_in.to(acc).contiguous();
+  at::Tensor grad_feat = need_grad_feat ? at::empty(feat.sizes(), feat.options()) : at::Tensor();
+  at::Tensor grad_mask = need_grad_mask ? at::empty(mask.sizes(), mask.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cpu", [&] {
+    backward_kernel<scalar_t>(grad_out, feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, grad_feat,
+                              grad_mask);
+  });
+  if (!need_grad_feat) grad_feat = at::empty({0}, feat.options());
+  grad_mask = need_grad_mask ? grad_mask.to(mask_in.scalar_type()) : at::empty({0}, mask_in.options());
+  return {grad_feat, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
+  m.impl("mask_upsample_mul", &mask_upsample_mul_cpu);
+  m.impl("mask_upsample_mul_backward", &mask_upsample_mul_backward_cpu);
+}
+
+}  // namespace fgreid_ops

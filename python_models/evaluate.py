@@ -1,0 +1,207 @@
+"""Evaluate a checkpoint: ``python -m python_models.evaluate --dataset market1501 --root DIR
+--checkpoint runs/cuhs/last.pt``.
+
+Protocols (all through ``fgreid_ops.evaluate``):
+- Market-1501 / DukeMTMC-reID / MSMT17: single query; gallery items with the query's pid and
+  camera removed; CMC, mAP, mINP on Euclidean distances of the inference features (CUHS: the
+  concatenation of its four features).
+- MARS: the same on tracklets; a tracklet's feature is the mean over its segments.
+- FGPR (Yin et al. 2020): per group, gallery = camera A tracklets and probes = camera B, then the
+  cameras swapped, the two averaged; "all" pools every group's camera A (resp. B) tracklets,
+  each group is also reported on its own (single-group setting). The video model's distance
+  is eq. 4 (sum of the streams' Euclidean distances).
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import _ops
+from .config import build_model
+from .datasets import ImageDataset, SegmentDataset, load_dataset
+from .fg_video import FGVideoNet, fg_distance
+from .transforms import ImageTransform, SegmentTransform
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bars are a nicety
+    def tqdm(iterable, **_):
+        return iterable
+
+
+def metrics_dict(result) -> dict:
+    """fgreid_ops.evaluate's result as {"cmc": [...], "mAP": float, "mINP": float}."""
+    if isinstance(result, dict):
+        cmc, mean_ap, minp = result["cmc"], result["mAP"], result.get("mINP")
+    elif hasattr(result, "cmc"):
+        cmc, mean_ap, minp = result.cmc, result.mAP, getattr(result, "mINP", None)
+    else:
+        cmc, mean_ap, minp = (tuple(result) + (None,))[:3]
+    cmc = torch.as_tensor(cmc, dtype=torch.float64).flatten().tolist()
+    out = {"cmc": cmc, "mAP": float(mean_ap)}
+    if minp is not None:
+        out["mINP"] = float(minp)
+    if getattr(result, "num_skipped", None) is not None:
+        out["num_skipped"] = int(result.num_skipped)
+    return out
+
+
+def summary(m: dict) -> str:
+    ranks = ", ".join(f"R{r}={100 * m['cmc'][r - 1]:.1f}" for r in (1, 5, 10) if r <= len(m["cmc"]))
+    extra = f", mINP={100 * m['mINP']:.1f}" if "mINP" in m else ""
+    return f"mAP={100 * m['mAP']:.1f}, {ranks}{extra}"
+
+
+def _to_device(x, device):
+    return x.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def image_features(model, samples, cfg, device, batch_size=128, workers=4):
+    """Inference features [N, D] (float32, on CPU) of the images in `samples`."""
+    ds = ImageDataset(samples, ImageTransform(cfg["height"], cfg["width"], train=False))
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    model.eval()
+    feats = [model(_to_device(x, device)).float().cpu() for x, *_ in tqdm(loader, desc="features", leave=False)]
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def tracklet_features(model, tracklets, cfg, device, batch_size=8, workers=4):
+    """Per-tracklet features: the mean over the tracklet's segments; a dict of [N, D] per stream
+    for the video model, a [N, D] tensor for an image model (frames averaged)."""
+    ds = SegmentDataset(tracklets, SegmentTransform(cfg["height"], cfg["width"]), cfg["seq_len"], mode="all")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    model.eval()
+    segments, owner = {}, []
+    for x, kp, _, _, index in tqdm(loader, desc="features", leave=False):
+        x = _to_device(x, device)
+        if isinstance(model, FGVideoNet):
+            out = model(x, _to_device(kp, device) if model.joint_stream else None)
+        else:
+            out = {"feat": model(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1).mean(1)}
+        for k, v in out.items():
+            segments.setdefault(k, []).append(v.float().cpu())
+        owner.append(index)
+    owner = torch.cat(owner)
+    feats = {k: _ops.tracklet_features(torch.cat(v), owner, len(tracklets)) for k, v in segments.items()}
+    return feats if isinstance(model, FGVideoNet) else feats["feat"]
+
+
+def distance(query, gallery) -> torch.Tensor:
+    if isinstance(query, dict):
+        return fg_distance(query, gallery)
+    return torch.cdist(query, gallery)
+
+
+def _ids(items):
+    return torch.tensor([s.pid for s in items]), torch.tensor([s.camid for s in items])
+
+
+def market_protocol(q_feats, g_feats, query, gallery, max_rank=50) -> dict:
+    """Single features: the streamed ``evaluate_features`` (Euclidean; never the whole Q×G
+    matrix, which MSMT17-size galleries need); the video model's per-stream features: the
+    eq. 4 distance matrix, then ``evaluate``."""
+    q_pids, q_cams = _ids(query)
+    g_pids, g_cams = _ids(gallery)
+    max_rank = min(max_rank, len(gallery))
+    if isinstance(q_feats, dict):
+        result = _ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    else:
+        result = _ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+    return metrics_dict(result)
+
+
+def _take(feats, idx):
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    return {k: v[idx] for k, v in feats.items()} if isinstance(feats, dict) else feats[idx]
+
+
+def fgpr_protocol(feats, tracklets) -> dict:
+    """{"all": metrics, <group>: metrics}; each the mean of (A gallery, B probes) and the swap."""
+    groups = sorted({t.group for t in tracklets})
+    cams = {g: sorted({t.camid for t in tracklets if t.group == g}) for g in groups}
+
+    def one_way(gallery_side, group_list):
+        q = [i for i, t in enumerate(tracklets) if t.group in group_list and t.camid == cams[t.group][1 - gallery_side]]
+        g = [i for i, t in enumerate(tracklets) if t.group in group_list and t.camid == cams[t.group][gallery_side]]
+        return market_protocol(_take(feats, q), _take(feats, g), [tracklets[i] for i in q],
+                               [tracklets[i] for i in g], max_rank=5)
+
+    def both_ways(group_list):
+        a, b = one_way(0, group_list), one_way(1, group_list)
+        n = min(len(a["cmc"]), len(b["cmc"]))
+        out = {"cmc": [(x + y) / 2 for x, y in zip(a["cmc"][:n], b["cmc"][:n])], "mAP": (a["mAP"] + b["mAP"]) / 2}
+        if "mINP" in a and "mINP" in b:
+            out["mINP"] = (a["mINP"] + b["mINP"]) / 2
+        return out
+
+    return {"all": both_ways(groups), **{g: both_ways([g]) for g in groups}}
+
+
+def evaluate_model(model, data, cfg, device, batch_size=None, workers=4) -> dict:
+    """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group)."""
+    if data.name in ("mars", "fgpr"):
+        bs = batch_size or 8
+        feats = tracklet_features(model, data.query if data.name == "fgpr" else data.query + data.gallery,
+                                  cfg, device, bs, workers)
+        if data.name == "fgpr":
+            return fgpr_protocol(feats, data.query)
+        nq = len(data.query)
+        q = _take(feats, range(nq))
+        g = _take(feats, range(nq, nq + len(data.gallery)))
+        return market_protocol(q, g, data.query, data.gallery)
+    bs = batch_size or 128
+    q = image_features(model, data.query, cfg, device, bs, workers)
+    g = image_features(model, data.gallery, cfg, device, bs, workers)
+    return market_protocol(q, g, data.query, data.gallery)
+
+
+def format_metrics(metrics: dict) -> str:
+    if "cmc" in metrics:
+        return summary(metrics)
+    return "\n".join(f"  {name}: {summary(m)}" for name, m in metrics.items())
+
+
+def load_checkpoint(path, device="cpu"):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    model = build_model(ckpt["config"], ckpt["num_classes"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by python_models.train")
+    parser.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+    parser.add_argument("--root", default=None, help="default: the checkpoint's dataset root")
+    parser.add_argument("--split", type=int, default=None, help="FGPR split seed (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reference", action="store_true", help="run every op through its plain-PyTorch reference")
+    parser.add_argument("--json", default=None, help="also write the metrics to this file")
+    args = parser.parse_args(argv)
+
+    model, ckpt = load_checkpoint(args.checkpoint, args.device)
+    cfg = ckpt["config"]
+    name, root = args.dataset or cfg["dataset"], args.root or cfg["root"]
+    split = args.split if args.split is not None else cfg.get("split", 0)
+    data = load_dataset(name, root, split=split)
+    print(data.summary(), file=sys.stderr)
+    import fgreid_ops
+
+    with fgreid_ops.use_reference(args.reference):
+        metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers)
+    print(f"{name}: " + format_metrics(metrics))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+import fgreid_ops
+from fgreid_ops.reference import mask_upsample_mul_reference
+
+from helpers import DTYPES, LAYOUTS, assert_close, kernel_backends, to_layout
+
+# This op has C++ kernels only (CPU and CUDA); there is no Triton variant.
+BACKENDS = [b for b in kernel_backends() if b.values[0] != "triton"]
+MODES = ["bilinear", "nearest"]
+# (H, W, h, w): mask upsampled, downsampled, and up along one axis / down along the other.
+SIZES = [(6, 5, 3, 2), (4, 3, 9, 7), (5, 8, 5, 3)]
+
+
+def make_inputs(N, C, H, W, h, w, per_channel, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feat = torch.randn(N, C, H, W, generator=g, dtype=torch.float64).to(dtype).to(device)
+    mask = torch.rand(N, C if per_channel else 1, h, w, generator=g, dtype=torch.float64).to(dtype).to(device)
+    return feat, mask
+
+
+def expected(feat, mask, mode, pool):
+    return mask_upsample_mul_reference(feat.double(), mask.double(), mode, pool).to(feat.dtype)
+
+
+def interpolate(mask, size, mode):
+    return F.interpolate(mask, size=size, mode=mode, align_corners=False if mode == "bilinear" else None)
+
+
+# --- reference: known values -------------------------------------------------------------------
+
+def test_reference_known_values():
+    mask = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    feat = torch.ones(1, 2, 4, 4)
+    nearest = mask.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).expand(1, 2, 4, 4)
+    torch.testing.assert_close(mask_upsample_mul_reference(feat, mask, "nearest"), nearest)
+    # bilinear, align_corners=False: src = (x + 0.5) / 2 - 0.5, clamped at 0 -> weights on [0, 1]
+    row = mask_upsample_mul_reference(torch.ones(1, 1, 1, 4), torch.tensor([[[[0.0, 1.0]]]]))
+    torch.testing.assert_close(row, torch.tensor([[[[0.0, 0.25, 0.75, 1.0]]]]))
+    # a constant mask scales, and pool takes the spatial mean
+    feat = torch.arange(24.0).reshape(1, 2, 3, 4)
+    out = mask_upsample_mul_reference(feat, torch.full((1, 1, 2, 2), 0.5), pool=True)
+    torch.testing.assert_close(out, 0.5 * feat.mean(dim=(2, 3)))
+
+
+def test_reference_is_interpolate_times_feat():
+    feat, mask = make_inputs(2, 3, 7, 5, 3, 4, True, torch.float64, "cpu")
+    for mode in MODES:
+        torch.testing.assert_close(mask_upsample_mul_reference(feat, mask, mode), feat * interpolate(mask, (7, 5), mode))
+
+
+# --- kernels vs reference ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+@pytest.mark.parametrize("size", SIZES, ids=str)
+def test_forward_matches_reference(backend, device, dtype, mode, per_channel, pool, size):
+    H, W, h, w = size
+    feat, mask = make_inputs(2, 3, H, W, h, w, per_channel, dtype, device)
+    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend=backend)
+    assert out.shape == ((2, 3) if pool else (2, 3, H, W)) and out.dtype == dtype and out.is_contiguous()
+    assert_close(out, expected(feat, mask, mode, pool), dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+def test_forward_non_contiguous(backend, device, layout, per_channel, pool):
+    feat, mask = make_inputs(2, 4, 6, 5, 3, 4, per_channel, torch.float32, device)
+    feat = to_layout(feat, layout)
+    mask = to_layout(mask, "strided")
+    out = fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool, backend=backend)
+    assert_close(out, expected(feat, mask, "bilinear", pool), torch.float32)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("C", [5, 16])  # 16: ATen's vector loop over channels (8 or 16 lanes)
+@pytest.mark.parametrize("mask_layout", ["mask1", "maskC", "maskC-channels_last"])
+@pytest.mark.parametrize("size", [(112, 112, 14, 14), (56, 80, 7, 7), (100, 60, 14, 14), (6, 5, 3, 2), (4, 3, 9, 7),
+                                  (56, 56, 7, 7)], ids=str)
+def test_upsampled_mask_equals_interpolate_fp32(mode, C, mask_layout, size):
+    """With feat = 1 the output is the upsampled mask itself. Nearest is a gather: bit-exact.
+    Bilinear uses ATen's indices and weights and follows its CPU kernel's choice of formula (x then
+    y blends, or the four-tap sum for H + W <= 128 or a channels_last mask of > 3 channels, in the
+    order of its scalar or vector loop); with the same FMA contraction as ATen's AVX2 build the
+    fp32 result is bit-identical (asserted where ATen runs its AVX2 kernels); elsewhere within 2 ulp."""
+    H, W, h, w = size
+    _, mask = make_inputs(2, C, H, W, h, w, mask_layout != "mask1", torch.float32, "cpu")
+    if mask_layout == "maskC-channels_last":
+        mask = mask.contiguous(memory_format=torch.channels_last)
+    out = fgreid_ops.mask_upsample_mul(torch.ones(2, C, H, W), mask, mode, backend="cpu")
+    want = interpolate(mask, (H, W), mode).expand(2, C, H, W)
+    if mode == "nearest" or torch.backends.cpu.get_cpu_capability() == "AVX2":
+        assert torch.equal(out, want)
+    else:
+        torch.testing.assert_close(out, want, rtol=2.5e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+@pytest.mark.parametrize("size", SIZES[:2], ids=str)
+def test_backward_matches_reference(backend, device, dtype, mode, per_channel, pool, size):
+    H, W, h, w = size
+    feat, mask = make_inputs(2, 3, H, W, h, w, per_channel, dtype, device)
+    feat.requires_grad_()
+    mask.requires_grad_()
+    grad = torch.randn((2, 3) if pool else (2, 3, H, W), dtype=torch.float64).to(dtype).to(device)
+    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend=backend)
+    gf, gm = torch.autograd.grad(out, (feat, mask), grad)
+
+    fr = feat.detach().double().requires_grad_()
+    mr = mask.detach().double().requires_grad_()
+    gfr, gmr = torch.autograd.grad(mask_upsample_mul_reference(fr, mr, mode, pool), (fr, mr), grad.double())
+    assert gf.dtype == dtype and gm.dtype == dtype and gm.shape == mask.shape
+    assert_close(gf, gfr, dtype, grad=True)
+    assert_close(gm, gmr, dtype, grad=True)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("wrt", ["feat", "mask"])
+def test_gradient_to_one_input(backend, device, per_channel, wrt):
+    feat, mask = make_inputs(2, 3, 5, 4, 3, 3, per_channel, torch.float32, device)
+    target = feat if wrt == "feat" else mask
+    target.requires_grad_()
+    (got,) = torch.autograd.grad(fgreid_ops.mask_upsample_mul(feat, mask, backend=backend).sum(), target)
+    (want,) = torch.autograd.grad(mask_upsample_mul_reference(feat, mask).sum(), target)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+@pytest.mark.parametrize("size", [(4, 3, 3, 2), (3, 4, 5, 6)], ids=["up", "down"])
+def test_gradcheck(backend, device, mode, per_channel, pool, size):
+    feat, mask = make_inputs(2, 2, *size, per_channel, torch.float64, device)
+    fn = lambda f, m: fgreid_ops.mask_upsample_mul(f, m, mode, pool, backend=backend)  # noqa: E731
+    feat = to_layout(feat, "strided" if size[0] == 3 else "contiguous")
+    assert torch.autograd.gradcheck(fn, (feat.requires_grad_(), mask.requires_grad_()))
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+def test_mask_gradient_is_deterministic(per_channel, pool):
+    """The mask gradient sums over channels, x and y in a fixed order whatever the thread count."""
+    feat, mask = make_inputs(3, 40, 33, 47, 7, 7, per_channel, torch.float32, "cpu")
+    grad = torch.randn((3, 40) if pool else (3, 40, 33, 47))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            results.append(torch.ops.fgreid.mask_upsample_mul_backward(grad, feat, mask, "bilinear", pool, True, True))
+    finally:
+        torch.set_num_threads(threads)
+    for gf, gm in results[1:]:
+        assert torch.equal(gf, results[0][0]) and torch.equal(gm, results[0][1])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+def test_opcheck(backend, device, per_channel, pool):
+    feat, mask = make_inputs(2, 3, 5, 4, 3, 2, per_channel, torch.float32, device)
+    op = torch.ops.fgreid.mask_upsample_mul
+    torch.library.opcheck(op, (feat, mask, "bilinear", pool))
+    torch.library.opcheck(op, (to_layout(feat, "channels_last"), mask, "nearest", pool))
+    torch.library.opcheck(op, (feat.clone().requires_grad_(), mask.clone().requires_grad_(), "bilinear", pool))
+    grad = torch.rand((2, 3) if pool else (2, 3, 5, 4), device=device)
+    backward = torch.ops.fgreid.mask_upsample_mul_backward
+    for need in [(True, True), (True, False), (False, True)]:
+        torch.library.opcheck(backward, (grad, feat, mask, "bilinear", pool, *need))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+def test_torch_compile_fullgraph(backend, device, pool):
+    torch._dynamo.reset()
+
+    def fn(feat, mask):
+        return fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool, backend=backend)
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+    for shape in [(2, 3, 6, 5, 3, 3), (3, 3, 8, 4, 5, 2)]:
+        feat, mask = make_inputs(*shape, False, torch.float32, device)
+        feat.requires_grad_()
+        mask.requires_grad_()
+        out = compiled(feat, mask)
+        torch.testing.assert_close(out, fn(feat, mask))
+        got = torch.autograd.grad(out.sum(), (feat, mask))
+        want = torch.autograd.grad(fn(feat, mask).sum(), (feat, mask))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+@given(
+    n=st.integers(1, 3), c=st.integers(1, 6), H=st.integers(1, 12), W=st.integers(1, 12),
+    h=st.integers(1, 12), w=st.integers(1, 12), per_channel=st.booleans(), mode=st.sampled_from(MODES),
+    pool=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
+)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_hypothesis_forward_backward(backend, device, n, c, H, W, h, w, per_channel, mode, pool, dtype, layout, seed):
+    feat, mask = make_inputs(n, c, H, W, h, w, per_channel, dtype, device, seed=seed)
+    feat = to_layout(feat, layout).requires_grad_()
+    mask.requires_grad_()
+    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend=backend)
+    assert_close(out, expected(feat.detach(), mask.detach(), mode, pool), dtype)
+    grad = torch.ones_like(out)
+    gf, gm = torch.autograd.grad(out, (feat, mask), grad)
+    fr = feat.detach().double().requires_grad_()
+    mr = mask.detach().double().requires_grad_()
+    gfr, gmr = torch.autograd.grad(mask_upsample_mul_reference(fr, mr, mode, pool), (fr, mr), grad.double())
+    assert_close(gf, gfr, dtype, grad=True)
+    assert_close(gm, gmr, dtype, grad=True)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def _inputs(feat_shape=(2, 3, 4, 4), mask_shape=(2, 1, 2, 2), mode="bilinear", feat_dtype=torch.float32,
+            mask_dtype=torch.float32):
+    return torch.ones(feat_shape, dtype=feat_dtype), torch.ones(mask_shape, dtype=mask_dtype), mode
+
+
+MASK_SHAPE = "mask of shape [N, 1, h, w] or [N, C, h, w] with N=2, C=3"
+BAD_INPUTS = [
+    ("feat to be 4-D", lambda: _inputs(feat_shape=(2, 3, 4)), ValueError),
+    ("mask to be 4-D", lambda: _inputs(mask_shape=(2, 2, 2)), ValueError),
+    ("feat to be float32", lambda: _inputs(feat_dtype=torch.int64, mask_dtype=torch.int64), TypeError),
+    ("mask to have the same dtype as feat", lambda: _inputs(mask_dtype=torch.float64), TypeError),
+    ("mode to be one of ['bilinear', 'nearest'], got 'bicubic'", lambda: _inputs(mode="bicubic"), ValueError),
+    ("mode to be one of", lambda: _inputs(mode="nearest-exact"), ValueError),
+    (MASK_SHAPE, lambda: _inputs(mask_shape=(2, 2, 2, 2)), ValueError),  # channels neither 1 nor C
+    (MASK_SHAPE, lambda: _inputs(mask_shape=(3, 1, 2, 2)), ValueError),  # batch mismatch
+    ("feat to have a non-empty batch", lambda: _inputs(feat_shape=(0, 3, 4, 4), mask_shape=(0, 1, 2, 2)), ValueError),
+    ("feat to be non-empty", lambda: _inputs(feat_shape=(2, 3, 0, 4)), ValueError),
+    ("mask to be non-empty", lambda: _inputs(mask_shape=(2, 1, 2, 0)), ValueError),
+    ("feat to be a torch.Tensor", lambda: ([[1.0]], torch.ones(2, 1, 2, 2), "bilinear"), TypeError),
+    ("mask to be a torch.Tensor", lambda: (torch.ones(2, 3, 4, 4), 0.5, "bilinear"), TypeError),
+]
+TENSOR_ONLY = [row for row in BAD_INPUTS if "torch.Tensor" not in row[0]]
+
+
+def _pattern(message):
+    return "fgreid_ops.mask_upsample_mul: expected " + re.escape(message)
+
+
+@pytest.mark.parametrize("message,make,error", BAD_INPUTS, ids=[f"{i}:{m[:30]}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize("backend,device", BACKENDS[:1])
+def test_bad_input_raises_naming_argument(backend, device, message, make, error):
+    feat, mask, mode = make()
+    with pytest.raises(error, match=_pattern(message)):
+        fgreid_ops.mask_upsample_mul(feat, mask, mode, backend=backend)
+
+
+@pytest.mark.parametrize("message,make,error", TENSOR_ONLY, ids=[f"{i}:{m[:30]}" for i, (m, _, _) in enumerate(TENSOR_ONLY)])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+def test_bad_input_raises_in_kernel_and_on_meta(message, make, error, pool):
+    feat, mask, mode = make()
+    with pytest.raises(error, match=_pattern(message)):
+        torch.ops.fgreid.mask_upsample_mul(feat, mask, mode, pool)  # the C++ checks
+    with pytest.raises(error, match=_pattern(message)):
+        torch.ops.fgreid.mask_upsample_mul(feat.to("meta"), mask.to("meta"), mode, pool)  # the fake
+    grad = torch.ones(feat.shape[:2] if pool else feat.shape, dtype=feat.dtype)
+    with pytest.raises(error, match=_pattern(message)):
+        torch.ops.fgreid.mask_upsample_mul_backward(grad, feat, mask, mode, pool, True, True)
+
+
+def test_backward_rejects_wrong_grad_shape():
+    feat, mask, _ = _inputs()
+    with pytest.raises(ValueError, match=re.escape("expected grad_out of shape [2, 3], got [2, 3, 4, 4]")):
+        torch.ops.fgreid.mask_upsample_mul_backward(torch.ones(2, 3, 4, 4), feat, mask, "bilinear", True, True, True)
+    with pytest.raises(ValueError, match=re.escape("expected grad_out of shape [2, 3, 4, 4], got [2, 3]")):
+        torch.ops.fgreid.mask_upsample_mul_backward(torch.ones(2, 3), feat, mask, "bilinear", False, True, True)
+
+
+def test_device_mismatch_names_argument():
+    with pytest.raises(ValueError, match="expected mask on the same device as feat"):
+        fgreid_ops.mask_upsample_mul(torch.rand(2, 3, 4, 4), torch.rand(2, 1, 2, 2, device="meta"))
+
+
+def test_unknown_backend_and_no_triton():
+    feat, mask, _ = _inputs()
+    with pytest.raises(ValueError, match="backend"):
+        fgreid_ops.mask_upsample_mul(feat, mask, backend="fortran")
+    with pytest.raises((ValueError, RuntimeError), match="[Tt]riton"):
+        fgreid_ops.mask_upsample_mul(feat, mask, backend="triton")
+
+
+def test_nan_stays_local():
+    feat, mask = make_inputs(1, 2, 8, 8, 4, 4, False, torch.float32, "cpu")
+    feat[0, 1, 3, 3] = float("nan")
+    out = fgreid_ops.mask_upsample_mul(feat, mask, pool=True)
+    assert torch.isnan(out[0, 1]) and not torch.isnan(out[0, 0])
+
+
+def test_reference_switch():
+    feat, mask = make_inputs(2, 3, 6, 5, 3, 2, True, torch.float32, "cpu")
+    with fgreid_ops.use_reference():
+        ref = fgreid_ops.mask_upsample_mul(feat, mask, "nearest", True)
+    torch.testing.assert_close(fgreid_ops.mask_upsample_mul(feat, mask, "nearest", True), ref)
