@@ -9,15 +9,9 @@ from . import triton as _triton_kernels  # noqa: F401  (registers Triton kernels
 from .ops import *  # noqa: F401,F403  (every public op; the list is fgreid_ops.ops.__all__)
 from .ops import __all__ as _ops_all
 from .evaluation import FGPRResult, evaluate_fgpr, evaluate_mars, tracklet_features
-from . import nn, reference
-
-__version__ = "0.1.0"
-
-__all__ = [*_ops_all, "evaluate_mars", "evaluate_fgpr", "FGPRResult", "tracklet_features",
-           "nn", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
-from .ops import gem, batch_hard_triplet
 from . import distributed, nn, reference
 
 __version__ = "0.1.0"
 
-__all__ = ["gem", "batch_hard_triplet", "nn", "distributed", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
+__all__ = [*_ops_all, "evaluate_mars", "evaluate_fgpr", "FGPRResult", "tracklet_features",
+           "nn", "distributed", "reference", "use_reference", "has_extension", "has_cuda_kernels"]
