@@ -57,6 +57,8 @@ class AllOps(nn.Module):
             out["mum_bilinear_pool"] = mum(x, mask, mode="bilinear", pool=True)
             out["mum_nearest_pool"] = mum(x, mask, mode="nearest", pool=True)
             out["mum_per_channel"] = mum(x, mask_c, mode="bilinear")
+            # an output side of length 1: ONNX's pytorch_half_pixel maps it to source 0, PyTorch to the centre
+            out["mum_width_1"] = mum(x[..., :1], mask, mode="bilinear")
         if HAS["topk_mask"]:
             for k in (0, 5, 100):  # identity, the FG-reID default, more than H*W = 32
                 out[f"topk{k}"], out[f"topk{k}_mask"] = fgreid_ops.topk_mask(f1, x, k)
@@ -80,7 +82,7 @@ def output_groups():
     if HAS["off"]:
         names += ["off", "off_segment"]
     if HAS["mask_upsample_mul"]:
-        names += ["mum_bilinear", "mum_nearest", "mum_bilinear_pool", "mum_nearest_pool", "mum_per_channel"]
+        names += ["mum_bilinear", "mum_nearest", "mum_bilinear_pool", "mum_nearest_pool", "mum_per_channel", "mum_width_1"]
     if HAS["topk_mask"]:
         names += [f"topk{k}{s}" for k in (0, 5, 100) for s in ("", "_mask")]
         names += ["topk_triton", "topk_triton_mask"] if TRITON else []
