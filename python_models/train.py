@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 
 import fgreid_ops
 
-from . import _ops
 from .config import add_model_args, build_model, resolve
 from .cuhs import CUHS, cuhs_loss, hsl_loss, parameter_report
 from .datasets import ImageDataset, PKSampler, SegmentDataset, load_dataset
@@ -132,8 +131,6 @@ def main(argv=None) -> dict:
     os.makedirs(cfg["output"], exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["root"], split=cfg["split"])
     print(data.summary(), file=sys.stderr)
-    if _ops.STAND_INS:
-        print(f"note: plain-PyTorch stand-ins in use for {_ops.STAND_INS}", file=sys.stderr)
     num_classes = data.num_train_pids
     model = build_model(cfg, num_classes)
     if cfg["pretrained"]:
@@ -202,7 +199,7 @@ def main(argv=None) -> dict:
             if not cfg["no_eval"] and (final or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)):
                 metrics = evaluate_model(model, data, cfg, cfg["device"], workers=cfg["workers"])
                 print(f"epoch {epoch + 1} {data.name}: " + format_metrics(metrics), file=sys.stderr)
-    result = {"history": history, "metrics": metrics, "checkpoint": last, "stand_ins": list(_ops.STAND_INS)}
+    result = {"history": history, "metrics": metrics, "checkpoint": last}
     with open(os.path.join(cfg["output"], "result.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
