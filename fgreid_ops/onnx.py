@@ -22,8 +22,11 @@ Numerics, where the lowering and the op may differ:
 * Precision. GeM, the top-k channel sum and the pooled localization compute in float32 inside
   float16 graphs (a Cast pair, a no-op in float32 graphs), as the kernels do: ``x**3`` overflows
   half beyond x≈40. OFF and the unpooled localization product run in the graph's dtype.
-* Resize. ``bilinear`` is ``mode=linear, coordinate_transformation_mode=pytorch_half_pixel``, i.e.
-  ``interpolate(align_corners=False)`` including the clamp at the borders; ``nearest`` is
+* Resize. ``bilinear`` is ``mode=linear, coordinate_transformation_mode=half_pixel``, i.e.
+  ``interpolate(align_corners=False)`` including the clamp at the borders, when up- and when
+  downsampling. (Not ``pytorch_half_pixel``: that mode maps an output size of 1 to source index
+  0, while PyTorch samples the centre, 0.5·in − 0.5: the video model's 2×2 masks meet 1-pixel-wide
+  maps.) ``nearest`` is
   ``asymmetric`` + ``floor``. For nearest, PyTorch computes ``floor(dst * (in/out))`` in float32 and
   ONNX runtimes ``floor(dst / (out/in))``: for integer scale factors (the models' case) both are
   exact, for odd ratios a source index may differ by one at an exact multiple.
@@ -150,7 +153,7 @@ def mask_upsample_mul_onnx(feat, mask, mode: str, pool: bool):
     The mask is resized in float32 (it is small); the pooled product is accumulated in float32."""
     op = _op()
     if mode == "bilinear":
-        resize = dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
+        resize = dict(mode="linear", coordinate_transformation_mode="half_pixel")
     elif mode == "nearest":
         resize = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     else:
@@ -251,7 +254,8 @@ def _keyword_safe_fx_codegen(model: torch.nn.Module):
     def format_target(base: str, target: str) -> str:
         out = base
         for part in target.split("."):
-            out = f"{out}.{part}" if part.isidentifier() and not keyword.iskeyword(part) else f"getattr({out}, {part!r})"
+            plain = part.isidentifier() and not keyword.iskeyword(part)
+            out = f"{out}.{part}" if plain else f"getattr({out}, {part!r})"
         return out
 
     fx_graph._format_target = format_target
