@@ -23,11 +23,12 @@ Numerics, where the lowering and the op may differ:
   float16 graphs (a Cast pair, a no-op in float32 graphs), as the kernels do: ``x**3`` overflows
   half beyond x≈40. OFF and the unpooled localization product run in the graph's dtype.
 * Resize. ``bilinear`` is ``mode=linear, coordinate_transformation_mode=half_pixel``, i.e.
-  ``interpolate(align_corners=False)`` including the clamp at the borders and an output side of
-  length 1 (``pytorch_half_pixel`` maps that to source 0, PyTorch to the centre); ``nearest`` is
-  ``asymmetric`` + ``floor``. For nearest, PyTorch computes ``floor(dst * (in/out))`` in float32 and
-  ONNX runtimes ``floor(dst / (out/in))``: for integer scale factors (the models' case) both are
-  exact, for odd ratios a source index may differ by one at an exact multiple.
+  ``interpolate(align_corners=False)`` including the clamp at the borders, up- and downsampling.
+  (Not ``pytorch_half_pixel``: it maps an output size of 1 to source index 0 where PyTorch samples
+  the centre, 0.5·in − 0.5; the video model's 2×2 masks meet 1-pixel-wide maps.) ``nearest`` is
+  ``asymmetric`` + ``floor``: PyTorch computes ``floor(dst * (in/out))`` in float32, ONNX runtimes
+  ``floor(dst / (out/in))``; both are exact for integer scale factors, for other ratios a source
+  index may differ by one at an exact multiple.
 * TopK ties. The op zeroes the k largest ``A = Σ_c f1`` and breaks ties by the lower flat index
   h·W+w. ONNX TopK (opset ≥ 11, sorted=1) specifies the same rule ("the element with the lower
   index appears first"), and onnxruntime follows it, so exact ties select the same positions.
@@ -252,7 +253,8 @@ def _keyword_safe_fx_codegen(model: torch.nn.Module):
     def format_target(base: str, target: str) -> str:
         out = base
         for part in target.split("."):
-            out = f"{out}.{part}" if part.isidentifier() and not keyword.iskeyword(part) else f"getattr({out}, {part!r})"
+            plain = part.isidentifier() and not keyword.iskeyword(part)
+            out = f"{out}.{part}" if plain else f"getattr({out}, {part!r})"
         return out
 
     fx_graph._format_target = format_target
