@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .. import _backend
 from .. import _checks as checks
-from .._extension import has_extension
+from ._register import register_with_backward
 from ..reference.batch_hard_triplet import batch_hard_triplet_reference
 
 _OP = "batch_hard_triplet"
@@ -187,12 +187,4 @@ def _make_backward(backward_op):
     return backward
 
 
-if has_extension():
-    for _name in ("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"):
-        torch.library.register_fake(f"fgreid::{_name}")(_fake_mine)
-        torch.library.register_fake(f"fgreid::{_name}_backward")(_fake_backward)
-        torch.library.register_autograd(
-            f"fgreid::{_name}",
-            _make_backward(getattr(torch.ops.fgreid, f"{_name}_backward")),
-            setup_context=_setup_context,
-        )
+register_with_backward(("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"), _fake_mine, _fake_backward, _make_backward, _setup_context)

@@ -4,7 +4,7 @@ import torch
 
 from .. import _backend
 from .. import _checks as checks
-from .._extension import has_extension
+from ._register import register_with_backward
 from ..reference.gem import gem_reference
 
 _OP = "gem"
@@ -83,12 +83,4 @@ def _make_backward(backward_op):
     return backward
 
 
-if has_extension():
-    for _name in ("gem", "gem_triton"):
-        torch.library.register_fake(f"fgreid::{_name}")(_fake_forward)
-        torch.library.register_fake(f"fgreid::{_name}_backward")(_fake_backward)
-        torch.library.register_autograd(
-            f"fgreid::{_name}",
-            _make_backward(getattr(torch.ops.fgreid, f"{_name}_backward")),
-            setup_context=_setup_context,
-        )
+register_with_backward(("gem", "gem_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)

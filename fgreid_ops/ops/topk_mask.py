@@ -7,7 +7,7 @@ import torch
 
 from .. import _backend
 from .. import _checks as checks
-from .._extension import has_extension
+from ._register import register_with_backward
 from ..reference.topk_mask import topk_mask_reference
 
 _OP = "topk_mask"
@@ -125,12 +125,4 @@ def _make_backward(backward_op):
     return backward
 
 
-if has_extension():
-    for _name in ("topk_mask", "topk_mask_triton"):
-        torch.library.register_fake(f"fgreid::{_name}")(_fake_forward)
-        torch.library.register_fake(f"fgreid::{_name}_backward")(_fake_backward)
-        torch.library.register_autograd(
-            f"fgreid::{_name}",
-            _make_backward(getattr(torch.ops.fgreid, f"{_name}_backward")),
-            setup_context=_setup_context,
-        )
+register_with_backward(("topk_mask", "topk_mask_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
