@@ -33,7 +33,9 @@ def _with_cuda():
 def extension():
     sources = ["csrc/fgreid_ops.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
     # -fno-trapping-math lets gcc if-convert the selects in fast_math.h and vectorize the loops.
-    cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-DPy_LIMITED_API=0x03090000"]
+    # Py_LIMITED_API is defined by torch's BuildExtension (py_limited_api=True), to its minimum
+    # supported CPython, which pyproject.toml's requires-python matches.
+    cxx = ["-O3", "-fopenmp", "-fno-trapping-math"]
     kwargs = dict(
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         extra_link_args=["-fopenmp"],
@@ -55,5 +57,5 @@ setup(
     packages=find_packages(include=["fgreid_ops", "fgreid_ops.*", "python_models"]),
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

@@ -7,12 +7,14 @@
 // gemm per tile of dot products (small enough to stay in L2), then vectorized passes fold the
 // tile into running maxima/minima. Anchor blocks run in parallel and stream the references
 // (mine_general); when the batch is its own reference set only the upper triangle of tiles is
-// computed (mine_symmetric). Memory is O(tile) per thread plus O(B), never B x M.
+// computed (mine_symmetric); that needs the same rows *and* the same labels on both sides. Memory
+// is O(tile) per thread plus O(B), never B x M.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
@@ -325,10 +327,14 @@ FGREID_CPU_CLONES acc_t dot(const acc_t* x, const acc_t* y, int64_t D) {
   return s;
 }
 
+// A pair whose search key |a|^2 + |b|^2 - 2 a.b is NaN (an inf or NaN entry, or an overflow) was
+// selected as NaN, and its distance is NaN as in the dense formula, whatever |a - b|^2 gives.
 template <typename acc_t>
 acc_t pair_distance(const acc_t* x, const acc_t* y, int64_t D, TripletDistance distance) {
   if (distance == TripletDistance::kCosine) return acc_t(1) - dot(x, y, D);
   const acc_t s = squared_difference(x, y, D);
+  const acc_t key = dot(x, x, D) + dot(y, y, D) - acc_t(2) * dot(x, y, D);
+  if (key != key) return key;
   if (distance == TripletDistance::kSqEuclidean) return s;
   return std::sqrt(s < acc_t(1e-12) ? acc_t(1e-12) : s);  // NaN stays NaN
 }
@@ -348,17 +354,18 @@ void pair_distances(const acc_t* a, const acc_t* b, const int64_t* idx, int64_t 
 // Shared by forward and backward: both work on contiguous rows in the accumulation type.
 struct AccRows {
   at::Tensor a, b;
-  bool same;
+  bool same;  // b is a (the same data): converted once
 };
 
+bool same_data(const at::Tensor& x, const at::Tensor& y) {
+  return x.data_ptr() == y.data_ptr() && x.sizes() == y.sizes() && x.strides() == y.strides();
+}
+
 AccRows acc_rows(const at::Tensor& emb, const at::Tensor& ref_emb) {
-  // The batch as its own reference set (the common case) is converted and normed once. The
-  // caller may pass two different tensor objects (e.g. detached views) of the same data.
-  const bool same = emb.data_ptr() == ref_emb.data_ptr() && emb.sizes() == ref_emb.sizes() &&
-                    emb.strides() == ref_emb.strides();
-  const auto acc_type = emb.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor a = emb.to(acc_type).contiguous();
-  return {a, same ? a : ref_emb.to(acc_type).contiguous(), same};
+  // The caller may pass two different tensor objects (e.g. detached views) of the same data.
+  const bool same = same_data(emb, ref_emb);
+  const at::Tensor a = emb.to(acc_dtype(emb)).contiguous();
+  return {a, same ? a : ref_emb.to(acc_dtype(emb)).contiguous(), same};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_hard_triplet_mine_cpu(
@@ -374,9 +381,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_hard_triplet_mi
   at::Tensor d_an = at::empty({B}, rows.a.options());
   const at::Tensor la = labels.contiguous();
   const at::Tensor lb = ref_labels.contiguous();
+  // The batch is its own reference set (symmetric keys, one label per row on both sides) only
+  // when the labels agree too: ref_emb = emb with other ref_labels is an ordinary reference set.
+  const bool self_reference = rows.same && (same_data(labels, ref_labels) || at::equal(la, lb));
   AT_DISPATCH_FLOATING_TYPES(rows.a.scalar_type(), "batch_hard_triplet_mine_cpu", [&] {
     mine_kernel<scalar_t>(rows.a, la.const_data_ptr<int64_t>(), rows.b, lb.const_data_ptr<int64_t>(),
-                          rows.same, distance, idx_p.mutable_data_ptr<int64_t>(),
+                          self_reference, distance, idx_p.mutable_data_ptr<int64_t>(),
                           idx_n.mutable_data_ptr<int64_t>());
     const scalar_t* a = rows.a.const_data_ptr<scalar_t>();
     const scalar_t* b = rows.b.const_data_ptr<scalar_t>();
@@ -399,32 +409,28 @@ acc_t pair_coef(const acc_t* x, const acc_t* y, int64_t D, TripletDistance dista
   return squared_difference(x, y, D) >= acc_t(1e-12) ? g / d : acc_t(0);
 }
 
+// bp / bn are null for a missing pair, which then contributes nothing (not 0 * a, which is NaN
+// for an inf entry) and whose gradient row gbp / gbn is null too.
 template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void grad_chunk(const acc_t* a, const acc_t* bp, const acc_t* bn, acc_t cp,
                                   acc_t cn, bool cosine, int64_t n, scalar_t* ga, acc_t* gbp,
                                   acc_t* gbn) {
   if (cosine) {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) ga[k] = static_cast<scalar_t>(cp * bp[k] + cn * bn[k]);
-    if (gbp != nullptr) {
-      for (int64_t k = 0; k < n; ++k) gbp[k] += cp * a[k];
-      for (int64_t k = 0; k < n; ++k) gbn[k] += cn * a[k];
+    for (int64_t k = 0; k < n; ++k) {
+      ga[k] = static_cast<scalar_t>((bp ? cp * bp[k] : acc_t(0)) + (bn ? cn * bn[k] : acc_t(0)));
     }
+    if (gbp != nullptr) for (int64_t k = 0; k < n; ++k) gbp[k] += cp * a[k];
+    if (gbn != nullptr) for (int64_t k = 0; k < n; ++k) gbn[k] += cn * a[k];
     return;
   }
 #pragma omp simd
-  for (int64_t k = 0; k < n; ++k) ga[k] = static_cast<scalar_t>(cp * (a[k] - bp[k]) + cn * (a[k] - bn[k]));
-  if (gbp != nullptr) {
-    // separate loops: bp and bn may be the same row
-    for (int64_t k = 0; k < n; ++k) gbp[k] -= cp * (a[k] - bp[k]);
-    for (int64_t k = 0; k < n; ++k) gbn[k] -= cn * (a[k] - bn[k]);
+  for (int64_t k = 0; k < n; ++k) {
+    ga[k] = static_cast<scalar_t>((bp ? cp * (a[k] - bp[k]) : acc_t(0)) + (bn ? cn * (a[k] - bn[k]) : acc_t(0)));
   }
-}
-
-void check_backward_vector(const char* arg, const at::Tensor& t, int64_t B, const at::Tensor& emb) {
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == B, "fgreid_ops.batch_hard_triplet: expected ", arg,
-                    " of shape [", B, "], got ", t.sizes());
-  check_same_device("batch_hard_triplet", arg, t, "emb", emb);
+  // separate loops: bp and bn may be the same row
+  if (gbp != nullptr) for (int64_t k = 0; k < n; ++k) gbp[k] -= cp * (a[k] - bp[k]);
+  if (gbn != nullptr) for (int64_t k = 0; k < n; ++k) gbn[k] -= cn * (a[k] - bn[k]);
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
@@ -433,28 +439,11 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
     const at::Tensor& d_ap_in, const at::Tensor& d_an_in, c10::string_view distance_name,
     bool need_ref_grad) {
   const TripletDistance distance = parse_triplet_distance(distance_name);
-  check_dim("batch_hard_triplet", "emb", emb, 2, "(B, D)");
-  check_float_dtype("batch_hard_triplet", "emb", emb);
-  check_dim("batch_hard_triplet", "ref_emb", ref_emb, 2, "(M, D)");
-  check_float_dtype("batch_hard_triplet", "ref_emb", ref_emb);
-  check_same_device("batch_hard_triplet", "ref_emb", ref_emb, "emb", emb);
+  check_batch_hard_triplet_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p_in, idx_n_in, d_ap_in, d_an_in);
   const int64_t B = emb.size(0), D = emb.size(1), M = ref_emb.size(0);
-  TORCH_CHECK_VALUE(ref_emb.size(1) == D, "fgreid_ops.batch_hard_triplet: expected ref_emb of width D=", D,
-                    " (as emb), got ", ref_emb.size(1));
-  const std::pair<const char*, const at::Tensor*> vectors[] = {
-      {"grad_d_ap", &grad_d_ap}, {"grad_d_an", &grad_d_an}, {"idx_p", &idx_p_in},
-      {"idx_n", &idx_n_in}, {"d_ap", &d_ap_in}, {"d_an", &d_an_in}};
-  for (const auto& [arg, t] : vectors) check_backward_vector(arg, *t, B, emb);
-  TORCH_CHECK_TYPE(idx_p_in.scalar_type() == at::kLong && idx_n_in.scalar_type() == at::kLong,
-                   "fgreid_ops.batch_hard_triplet: expected idx_p and idx_n to be int64");
   const at::Tensor idx_p = idx_p_in.contiguous(), idx_n = idx_n_in.contiguous();
   const int64_t* ip = idx_p.const_data_ptr<int64_t>();
   const int64_t* in = idx_n.const_data_ptr<int64_t>();
-  for (int64_t i = 0; i < B; ++i) {
-    TORCH_CHECK_VALUE(ip[i] >= -1 && ip[i] < M && in[i] >= -1 && in[i] < M,
-                      "fgreid_ops.batch_hard_triplet: expected idx_p and idx_n in [-1, ", M,
-                      "), got ", ip[i], " and ", in[i], " at ", i);
-  }
 
   const AccRows rows = acc_rows(emb, ref_emb);
   const auto acc_type = rows.a.scalar_type();
@@ -485,11 +474,13 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
     const bool cosine = distance == TripletDistance::kCosine;
     at::parallel_for(0, (D + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = 0; i < B; ++i) {
-        const int64_t p = std::max<int64_t>(ip[i], 0), n = std::max<int64_t>(in[i], 0);
         for (int64_t c = begin; c < end; ++c) {
           const int64_t k0 = c * kChunk, len = std::min(kChunk, D - k0);
-          grad_chunk(a + i * D + k0, b + p * D + k0, b + n * D + k0, cp[i], cn[i], cosine, len,
-                     ga + i * D + k0, gr ? gr + p * D + k0 : nullptr, gr ? gr + n * D + k0 : nullptr);
+          const acc_t* bp = ip[i] < 0 ? nullptr : b + ip[i] * D + k0;
+          const acc_t* bn = in[i] < 0 ? nullptr : b + in[i] * D + k0;
+          acc_t* gbp = (gr == nullptr || ip[i] < 0) ? nullptr : gr + ip[i] * D + k0;
+          acc_t* gbn = (gr == nullptr || in[i] < 0) ? nullptr : gr + in[i] * D + k0;
+          grad_chunk(a + i * D + k0, bp, bn, cp[i], cn[i], cosine, len, ga + i * D + k0, gbp, gbn);
         }
       }
     });

@@ -392,12 +392,16 @@ void evaluate_count_cpu(const at::Tensor& dist, const at::Tensor& q_pids, const 
   check_distance_block(op, "dist", dist);
   check_id_vector(op, "q_pids", q_pids, dist.size(0), "Q");
   check_id_vector(op, "g_pids", g_pids, dist.size(1), "G");
-  TORCH_CHECK_VALUE(g_start >= 0, "fgreid_ops.evaluate_count: expected g_start >= 0, got ", g_start);
+  // gallery indices g_start + j, j < G, are compared as int64
+  TORCH_CHECK_VALUE(g_start >= 0 && g_start <= std::numeric_limits<int64_t>::max() - dist.size(1),
+                    "fgreid_ops.evaluate_count: expected g_start in [0, 2^63 - 1 - G], got ", g_start);
+  check_same_devices(op, {{"dist", &dist}, {"q_pids", &q_pids}, {"g_pids", &g_pids}, {"match_offsets", &offsets}});
   check_match_lists(op, offsets, index, match_dist, counts, dist.size(0), /*counts_written=*/true);
-  TORCH_CHECK_TYPE(match_dist.scalar_type() == dist.scalar_type(),
-                   "fgreid_ops.evaluate_count: expected match_dist to have the dtype of dist (",
-                   dist.scalar_type(), "), got ", match_dist.scalar_type());
-  for (const auto* t : {&q_pids, &g_pids, &offsets}) check_same_device(op, "ids", *t, "dist", dist);
+  check_same_dtype(op, "match_dist", match_dist, "dist", dist);
+  const std::pair<const char*, const at::Tensor*> read[] = {{"dist", &dist},          {"q_pids", &q_pids},
+                                                            {"g_pids", &g_pids},      {"match_offsets", &offsets},
+                                                            {"match_index", &index}, {"match_dist", &match_dist}};
+  for (const auto& [arg, t] : read) check_no_overlap(op, "counts", counts, arg, *t);
   count_impl(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts);
 }
 
@@ -410,6 +414,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_finalize_cpu(const at::T
                     "with num_query >= 1, got ", offsets.sizes());
   check_match_lists("evaluate_finalize", offsets, index, match_dist, counts, offsets.size(0) - 1,
                     /*counts_written=*/false);
+  check_nonnegative("evaluate_finalize", "counts", counts);
+  check_nonnegative("evaluate_finalize", "match_index", index);
   return finalize_impl(offsets, index, match_dist, counts);
 }
 

@@ -1,6 +1,7 @@
 // GeM pooling on CPU (SPEC §1): y[n,c] = (mean_hw max(x, eps)^p_c)^(1/p_c).
 // NCHW rows are reduced one (n, c) row per task; channels_last input is reduced in place,
-// vectorizing over channels, so neither layout is copied.
+// vectorizing over channels, so neither layout is copied. Sums run over blocks of kSumBlock
+// positions, combined pairwise, so a long row keeps float32 accuracy.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -12,21 +13,20 @@
 #include <cmath>
 #include <vector>
 
-#include "fgreid_ops/checks.h"
-#include "fgreid_ops/gem_checks.h"
+#include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/gem_checks.h"
 
 namespace fgreid_ops {
 namespace {
 
 constexpr int64_t kChannelBlock = 64;
 
-// p broadcast to one exponent per channel, in the accumulation type.
 template <typename acc_t>
-std::vector<acc_t> exponents_per_channel(const at::Tensor& p, int64_t C) {
-  const at::Tensor p_acc = p.to(c10::CppTypeToScalarType<acc_t>::value).expand({C}).contiguous();
-  const acc_t* data = p_acc.data_ptr<acc_t>();
-  return std::vector<acc_t>(data, data + C);
+std::vector<acc_t> exponent_vector(const at::Tensor& p, const at::Tensor& x) {
+  const at::Tensor p_acc = fgreid_ops::exponents_per_channel(p, x);
+  const acc_t* data = p_acc.const_data_ptr<acc_t>();
+  return std::vector<acc_t>(data, data + x.size(1));
 }
 
 template <typename acc_t, typename scalar_t>
@@ -35,13 +35,20 @@ acc_t clamp_min_eps(scalar_t v, acc_t eps) {
   return a < eps ? eps : a;  // NaN stays NaN
 }
 
-// sum_i max(x[i], eps)^p over one contiguous row.
+// sum_i max(x[i], eps)^p over one block of a contiguous row.
 template <typename scalar_t, typename acc_t>
-FGREID_CPU_CLONES acc_t row_pow_sum(const scalar_t* x, int64_t n, acc_t eps, acc_t p) {
+FGREID_INLINE acc_t block_pow_sum(const scalar_t* x, int64_t n, acc_t eps, acc_t p) {
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += pow_positive(clamp_min_eps(x[i], eps), p);
   return sum;
+}
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES acc_t row_pow_sum(const scalar_t* x, int64_t n, acc_t eps, acc_t p) {
+  CascadeSum<acc_t> sum;
+  for (int64_t i = 0; i < n; i += kSumBlock) sum.add(block_pow_sum(x + i, std::min(kSumBlock, n - i), eps, p));
+  return sum.total();
 }
 
 // sum[c] += max(x[c], eps)^p[c] for one spatial position of a channels_last block.
@@ -54,8 +61,7 @@ FGREID_CPU_CLONES void channels_pow_sum(const scalar_t* x, int64_t cn, acc_t eps
 
 // With t = max(x, eps)^p: grad_x = coef * t / x where x >= eps (else 0); returns sum t log x.
 template <typename scalar_t, typename acc_t>
-FGREID_CPU_CLONES acc_t row_grad(const scalar_t* x, scalar_t* grad_x, int64_t n, acc_t eps, acc_t p,
-                                 acc_t coef) {
+FGREID_INLINE acc_t block_grad(const scalar_t* x, scalar_t* grad_x, int64_t n, acc_t eps, acc_t p, acc_t coef) {
   acc_t sum_t_log_x = 0;
 #pragma omp simd reduction(+ : sum_t_log_x)
   for (int64_t i = 0; i < n; ++i) {
@@ -66,6 +72,16 @@ FGREID_CPU_CLONES acc_t row_grad(const scalar_t* x, scalar_t* grad_x, int64_t n,
     sum_t_log_x += t * log_positive(v);
   }
   return sum_t_log_x;
+}
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES acc_t row_grad(const scalar_t* x, scalar_t* grad_x, int64_t n, acc_t eps, acc_t p,
+                                 acc_t coef) {
+  CascadeSum<acc_t> sum;
+  for (int64_t i = 0; i < n; i += kSumBlock) {
+    sum.add(block_grad(x + i, grad_x + i, std::min(kSumBlock, n - i), eps, p, coef));
+  }
+  return sum.total();
 }
 
 template <typename scalar_t, typename acc_t>
@@ -81,11 +97,25 @@ FGREID_CPU_CLONES void channels_grad(const scalar_t* x, scalar_t* grad_x, int64_
   }
 }
 
+// sum[c] for c < cn of the terms that add_position(i, block_sum) adds into block_sum[c] for every
+// position i < HW: positions in blocks of kSumBlock, the blocks' sums combined pairwise.
+template <typename acc_t, typename AddPosition>
+void channel_sums(int64_t HW, int64_t cn, acc_t* sum, const AddPosition& add_position) {
+  acc_t block_sum[kChannelBlock];
+  CascadeSums<acc_t> sums(cn);
+  for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
+    std::fill(block_sum, block_sum + cn, acc_t(0));
+    for (int64_t i = i0; i < std::min(HW, i0 + kSumBlock); ++i) add_position(i, block_sum);
+    sums.add(block_sum);
+  }
+  for (int64_t c = 0; c < cn; ++c) sum[c] = sums.total(c);
+}
+
 template <typename scalar_t>
 void gem_forward_kernel(const at::Tensor& x, const at::Tensor& p, double eps_d, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const auto pc = exponents_per_channel<acc_t>(p, C);
+  const auto pc = exponent_vector<acc_t>(p, x);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
@@ -109,8 +139,9 @@ void gem_forward_kernel(const at::Tensor& x, const at::Tensor& p, double eps_d, 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / c_blocks, c0 = (task % c_blocks) * kChannelBlock;
       const int64_t cn = std::min(kChannelBlock, C - c0);
-      std::fill(sum, sum + cn, acc_t(0));
-      for (int64_t i = 0; i < HW; ++i) channels_pow_sum(xd + (n * HW + i) * C + c0, cn, eps, &pc[c0], sum);
+      channel_sums(HW, cn, sum, [&](int64_t i, acc_t* block_sum) {
+        channels_pow_sum(xd + (n * HW + i) * C + c0, cn, eps, &pc[c0], block_sum);
+      });
       for (int64_t c = 0; c < cn; ++c) od[n * C + c0 + c] = finish(sum[c], pc[c0 + c]);
     }
   });
@@ -136,7 +167,7 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
                          at::Tensor& grad_p_rows) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const auto pc = exponents_per_channel<acc_t>(p, C);
+  const auto pc = exponent_vector<acc_t>(p, x);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
@@ -162,14 +193,14 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / c_blocks, c0 = (task % c_blocks) * kChannelBlock;
       const int64_t cn = std::min(kChannelBlock, C - c0);
-      std::fill(sum_t, sum_t + cn, acc_t(0));
-      for (int64_t i = 0; i < HW; ++i) channels_pow_sum(xd + (n * HW + i) * C + c0, cn, eps, &pc[c0], sum_t);
+      channel_sums(HW, cn, sum_t, [&](int64_t i, acc_t* block_sum) {
+        channels_pow_sum(xd + (n * HW + i) * C + c0, cn, eps, &pc[c0], block_sum);
+      });
       for (int64_t c = 0; c < cn; ++c) coef[c] = row_grad_of(n * C + c0 + c, sum_t[c]).coef_x;
-      std::fill(sum_t_log_x, sum_t_log_x + cn, acc_t(0));
-      for (int64_t i = 0; i < HW; ++i) {
+      channel_sums(HW, cn, sum_t_log_x, [&](int64_t i, acc_t* block_sum) {
         const int64_t base = (n * HW + i) * C + c0;
-        channels_grad(xd + base, gxd + base, cn, eps, &pc[c0], coef, sum_t_log_x);
-      }
+        channels_grad(xd + base, gxd + base, cn, eps, &pc[c0], coef, block_sum);
+      });
       if (gpd) {
         for (int64_t c = 0; c < cn; ++c) gpd[n * C + c0 + c] = row_grad_of(n * C + c0 + c, sum_t[c]).grad_p(sum_t_log_x[c]);
       }
@@ -177,37 +208,21 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
   });
 }
 
-at::Tensor as_supported_layout(const at::Tensor& x) {
-  return (x.is_contiguous() || is_channels_last_4d(x)) ? x : x.contiguous();
-}
-
-at::Tensor gem_cpu(const at::Tensor& x_in, const at::Tensor& p, double eps) {
-  check_gem_inputs(x_in, p, eps);
-  const at::Tensor x = as_supported_layout(x_in);
-  at::Tensor out = at::empty({x.size(0), x.size(1)}, x.options());
+at::Tensor gem_cpu(const at::Tensor& x, const at::Tensor& p, double eps) {
+  GemForward f = prepare_gem(x, p, eps, /*reads_channels_last=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_cpu", [&] {
-    gem_forward_kernel<scalar_t>(x, p, eps, out);
+    gem_forward_kernel<scalar_t>(f.x, p, eps, f.out);
   });
-  return out;
+  return f.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out_in,
-                                                    const at::Tensor& x_in, const at::Tensor& p,
-                                                    double eps,
-                                                    bool need_grad_p) {
-  check_gem_inputs(x_in, p, eps);
-  const at::Tensor x = as_supported_layout(x_in);
-  const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
-  const auto layout =
-      is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(layout));
-  at::Tensor grad_p_rows = empty_grad_p_rows(x, need_grad_p);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu",
-                                  [&] {
-                                    gem_backward_kernel<scalar_t>(grad_out, x, p, eps,
-                                                                  need_grad_p, grad_x, grad_p_rows);
-                                  });
-  return {grad_x, grad_p_rows};
+std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& p, double eps, bool need_grad_p) {
+  GemBackward b = prepare_gem_backward(grad_out, x, p, eps, need_grad_p, /*reads_channels_last=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu", [&] {
+    gem_backward_kernel<scalar_t>(b.grad_out, b.x, p, eps, need_grad_p, b.grad_x, b.grad_p_rows);
+  });
+  return {b.grad_x, b.grad_p_rows};
 }
 
 }  // namespace

@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-#include "fgreid_ops/checks.h"
+#include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/mask_upsample_mul_checks.h"
 #include "fgreid_ops/upsample_index.h"
@@ -255,7 +255,8 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
 
   at::parallel_for(0, N * blocks, grain(cb * HW), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), sums(cb);
+    std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), tile_sums(cb);
+    CascadeSums<acc_t> sums(pool ? cb : 0);  // a long plane's tiles are combined pairwise
     const bool one_tile = rs.tile_rows >= H;
     int64_t tile_plane = -1;  // the mask plane whose whole upsampled plane is in `tile`
     for (int64_t task = begin; task < end; ++task) {
@@ -264,7 +265,7 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
       const acc_t* plane = md + plane_index * h * w;
       const bool reuse = one_tile && plane_index == tile_plane;
       if (!reuse) rs.resize_rows(plane, hz.data());
-      std::fill(sums.begin(), sums.end(), acc_t(0));
+      sums.reset();
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows), len = (y1 - y0) * W;
         if (!reuse) rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
@@ -272,14 +273,15 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
         for (int64_t c = c0; c < c1; ++c) {
           const int64_t offset = (n * C + c) * HW + y0 * W;
           if (pool) {
-            sums[c - c0] += dot_tile(fd + offset, tile.data(), len);
+            tile_sums[c - c0] = dot_tile(fd + offset, tile.data(), len);
           } else {
             mul_tile(fd + offset, tile.data(), od + offset, len);
           }
         }
+        if (pool) sums.add(tile_sums.data());
       }
       if (pool) {
-        for (int64_t c = c0; c < c1; ++c) od[n * C + c] = static_cast<scalar_t>(sums[c - c0] * inv_hw);
+        for (int64_t c = c0; c < c1; ++c) od[n * C + c] = static_cast<scalar_t>(sums.total(c - c0) * inv_hw);
       }
     }
   });
@@ -297,8 +299,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* fd = feat.const_data_ptr<scalar_t>();
   const acc_t* md = mask.const_data_ptr<acc_t>();
-  scalar_t* gfd = grad_feat.defined() ? grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
-  acc_t* gmd = grad_mask.defined() ? grad_mask.mutable_data_ptr<acc_t>() : nullptr;
+  scalar_t* gfd = grad_feat.numel() > 0 ? grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
+  acc_t* gmd = grad_mask.numel() > 0 ? grad_mask.mutable_data_ptr<acc_t>() : nullptr;
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
   const int64_t tiles = (H + rs.tile_rows - 1) / rs.tile_rows;
   const int64_t tile_cap = std::min(HW, rs.tile_rows * W);
@@ -381,42 +383,25 @@ bool aten_four_tap_path(const at::Tensor& feat, const at::Tensor& mask) {
          feat.size(2) + feat.size(3) <= 128;
 }
 
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-at::Tensor mask_upsample_mul_cpu(const at::Tensor& feat_in, const at::Tensor& mask_in, std::string_view mode,
-                                 bool pool) {
-  check_mask_upsample_mul_inputs(feat_in, mask_in);
-  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
-  const at::Tensor feat = feat_in.contiguous();
-  const at::Tensor mask = mask_in.to(acc_type(feat.scalar_type())).contiguous();
-  at::Tensor out = pool ? at::empty({feat.size(0), feat.size(1)}, feat.options()) : at::empty(feat.sizes(), feat.options());
+at::Tensor mask_upsample_mul_cpu(const at::Tensor& feat, const at::Tensor& mask, std::string_view mode, bool pool) {
+  MaskUpsampleMulForward f = prepare_mask_upsample_mul(feat, mask, mode, pool);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_cpu", [&] {
-    forward_kernel<scalar_t>(feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, out);
+    forward_kernel<scalar_t>(f.feat, f.mask, f.linear, aten_four_tap_path(feat, mask), pool, f.out);
   });
-  return out;
+  return f.out;
 }
 
-std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tensor& grad_out_in,
-                                                                  const at::Tensor& feat_in,
-                                                                  const at::Tensor& mask_in, std::string_view mode,
+std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tensor& grad_out, const at::Tensor& feat,
+                                                                  const at::Tensor& mask, std::string_view mode,
                                                                   bool pool, bool need_grad_feat,
                                                                   bool need_grad_mask) {
-  check_mask_upsample_mul_inputs(feat_in, mask_in);
-  check_mask_upsample_mul_grad(grad_out_in, feat_in, pool);
-  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
-  const at::Tensor feat = feat_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.to(feat.scalar_type()).contiguous();
-  const at::ScalarType acc = acc_type(feat.scalar_type());
-  const at::Tensor mask = mask_in.to(acc).contiguous();
-  at::Tensor grad_feat = need_grad_feat ? at::empty(feat.sizes(), feat.options()) : at::Tensor();
-  at::Tensor grad_mask = need_grad_mask ? at::empty(mask.sizes(), mask.options()) : at::Tensor();
+  MaskUpsampleMulBackward b =
+      prepare_mask_upsample_mul_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_out, feat, mask, linear, aten_four_tap_path(feat_in, mask_in), pool, grad_feat,
-                              grad_mask);
+    backward_kernel<scalar_t>(b.grad_out, b.feat, b.mask, b.linear, aten_four_tap_path(feat, mask), pool, b.grad_feat,
+                              b.grad_mask);
   });
-  if (!need_grad_feat) grad_feat = at::empty({0}, feat.options());
-  grad_mask = need_grad_mask ? grad_mask.to(mask_in.scalar_type()) : at::empty({0}, mask_in.options());
-  return {grad_feat, grad_mask};
+  return mask_upsample_mul_gradients(b, mask);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "fgreid_ops/checks.h"
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/off_checks.h"
+#include "fgreid_ops/sobel.h"
 
 namespace fgreid_ops {
 namespace {
@@ -88,25 +89,14 @@ FGREID_INLINE const acc_t* load_halo_band(const scalar_t* src, int64_t sh, int64
   return q + 1 + W;
 }
 
-// Sobel x at flat index k of a halo'd band: columns j+1 minus j-1 weighted [1, 2, 1] over rows.
-// The zero middle column is added as 0 * (...) so NaN/inf propagate exactly as in conv2d.
+// The 3x3 window around flat index k of a halo'd band; the left/right columns are masked at the
+// first/last column of a row (k - 1 and k + 1 are then the neighbouring rows' pixels).
 template <typename acc_t>
-FGREID_INLINE acc_t sobel_x(const acc_t* c, int64_t k, int64_t W, bool l, bool r) {
-  const acc_t ul = c[k - W - 1], ml = c[k - 1], dl = c[k + W - 1];
-  const acc_t ur = c[k - W + 1], mr = c[k + 1], dr = c[k + W + 1];
-  const acc_t left = l ? ul + acc_t(2) * ml + dl : acc_t(0);
-  const acc_t right = r ? ur + acc_t(2) * mr + dr : acc_t(0);
-  return (right - left) + acc_t(0) * (c[k - W] + c[k] + c[k + W]);
-}
-
-// Sobel y at flat index k: rows i+1 minus i-1 weighted [1, 2, 1] over columns.
-template <typename acc_t>
-FGREID_INLINE acc_t sobel_y(const acc_t* c, int64_t k, int64_t W, bool l, bool r) {
-  const acc_t ul = c[k - W - 1], dl = c[k + W - 1], ur = c[k - W + 1], dr = c[k + W + 1];
-  const acc_t ml = c[k - 1], mr = c[k + 1];
-  const acc_t up = (l ? ul : acc_t(0)) + acc_t(2) * c[k - W] + (r ? ur : acc_t(0));
-  const acc_t down = (l ? dl : acc_t(0)) + acc_t(2) * c[k + W] + (r ? dr : acc_t(0));
-  return (down - up) + acc_t(0) * ((l ? ml : acc_t(0)) + c[k] + (r ? mr : acc_t(0)));
+FGREID_INLINE Window3x3<acc_t> band_window(const acc_t* c, int64_t k, int64_t W, bool l, bool r) {
+  const acc_t z = acc_t(0);
+  return {l ? c[k - W - 1] : z, c[k - W], r ? c[k - W + 1] : z,
+          l ? c[k - 1] : z,     c[k],     r ? c[k + 1] : z,
+          l ? c[k + W - 1] : z, c[k + W], r ? c[k + W + 1] : z};
 }
 
 // out_x, out_y, out_t of one plane (contiguous H x W each).
@@ -124,8 +114,9 @@ FGREID_CPU_CLONES void off_forward_plane(const scalar_t* a, const scalar_t* b, c
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) {
       const bool l = ml[k] != acc_t(0), r = mr[k] != acc_t(0);
-      ox[o + k] = static_cast<scalar_t>(sobel_x(c, k, W, l, r));
-      oy[o + k] = static_cast<scalar_t>(sobel_y(c, k, W, l, r));
+      const Window3x3<acc_t> w = band_window(c, k, W, l, r);
+      ox[o + k] = static_cast<scalar_t>(sobel_x(w));
+      oy[o + k] = static_cast<scalar_t>(sobel_y(w));
       ot[o + k] = static_cast<scalar_t>(bb[k] - c[k]);
     }
   }
@@ -133,7 +124,7 @@ FGREID_CPU_CLONES void off_forward_plane(const scalar_t* a, const scalar_t* b, c
 
 // One plane of a backward pass (see OffBackwardGeometry): gx/gy/gt may be null (frame not an `a`
 // of any pair), extra may be null (frame not a `b`); the adjoint of a cross-correlation with K
-// is the cross-correlation with K flipped, and flipped Sobel kernels are the negated ones.
+// is the cross-correlation with K flipped (sobel.h): -Sx and -Sy.
 template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void off_backward_plane(const scalar_t* gx, const scalar_t* gy, const scalar_t* gt,
                                           const scalar_t* extra, const PlaneStrides& sg, int64_t H,
@@ -160,7 +151,7 @@ FGREID_CPU_CLONES void off_backward_plane(const scalar_t* gx, const scalar_t* gy
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) {
       const bool l = ml[k] != acc_t(0), r = mr[k] != acc_t(0);
-      const acc_t v = ee[k] - tt[k] - (sobel_x(cx, k, W, l, r) + sobel_y(cy, k, W, l, r));
+      const acc_t v = ee[k] - tt[k] - (sobel_x(band_window(cx, k, W, l, r)) + sobel_y(band_window(cy, k, W, l, r)));
       out[o + k] = static_cast<scalar_t>(v);
     }
   }
@@ -210,10 +201,9 @@ void off_backward_kernel(const OffBackwardGeometry& g, at::Tensor& grad) {
   });
 }
 
-at::Tensor run_forward(const at::Tensor& a, const at::Tensor& b) {
-  const OffForwardGeometry g = off_forward_geometry(a, b);
-  at::Tensor out = at::empty(g.out_shape, a.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "off_cpu", [&] {
+at::Tensor run_forward(const OffForwardGeometry& g) {
+  at::Tensor out = at::empty(g.out_shape, g.a.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.a.scalar_type(), "off_cpu", [&] {
     off_forward_kernel<scalar_t>(g, out);
   });
   return out;
@@ -227,34 +217,8 @@ at::Tensor run_backward(const OffBackwardGeometry& g) {
   return grad;
 }
 
-at::Tensor off_cpu(const at::Tensor& a, const at::Tensor& b) {
-  check_off_inputs(a, b);
-  return run_forward(a, b);
-}
-
-at::Tensor off_backward_cpu(const at::Tensor& grad_out) {
-  check_off_grad(grad_out);
-  return run_backward(off_backward_geometry(grad_out));
-}
-
-at::Tensor off_segment_cpu(const at::Tensor& x, int64_t stride) {
-  check_off_segment_input(x, stride);
-  const int64_t pairs = x.size(1) - stride;
-  return run_forward(x.narrow(1, 0, pairs), x.narrow(1, stride, pairs));
-}
-
-at::Tensor off_segment_backward_cpu(const at::Tensor& grad_out, int64_t stride) {
-  check_off_segment_grad(grad_out, stride);
-  return run_backward(off_segment_backward_geometry(grad_out, stride));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
-  m.impl("off", &off_cpu);
-  m.impl("off_backward", &off_backward_cpu);
-  m.impl("off_segment", &off_segment_cpu);
-  m.impl("off_segment_backward", &off_segment_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) { register_off_kernels<run_forward, run_backward>(m); }
 
 }  // namespace fgreid_ops

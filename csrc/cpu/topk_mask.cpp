@@ -1,7 +1,8 @@
 // Top-k attention exploration on CPU (SPEC §4, CUHS eq. 5-6).
 //   1. A[n, hw] = sum_c f1[n, c, hw] in float32 (float64 for double): fixed chunks of channels
-//      are summed in parallel into partial rows, then the partials are added in chunk order, so
-//      the result does not depend on the thread count.
+//      are summed in parallel into partial rows, then the partials are added pairwise in a fixed
+//      tree, so the result depends neither on the thread count nor on the vector width, and a
+//      long channel sum keeps float32 accuracy.
 //   2. Per sample, std::nth_element over (key, index) pairs picks the k positions of largest A
 //      (ties: lower flat index), and mask[n, hw] is 0 there, 1 elsewhere.
 //   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last), on the bit
@@ -21,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-#include "fgreid_ops/checks.h"
+#include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/order_key.h"
 #include "fgreid_ops/topk_mask_checks.h"
@@ -59,13 +60,25 @@ FGREID_CPU_CLONES void add_rows(const scalar_t* x, int64_t rows, int64_t HW, acc
   }
 }
 
-// sum_c x[c] over one contiguous channels_last position.
+// sum_c x[c] over one contiguous channels_last position in a fixed order: eight interleaved
+// partial sums (one AVX2 register or two SSE ones: the same additions either way), added as a
+// fixed tree, over blocks of kSumBlock channels combined pairwise.
 template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES acc_t sum_channels(const scalar_t* x, int64_t C) {
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t c = 0; c < C; ++c) sum += static_cast<acc_t>(x[c]);
-  return sum;
+  constexpr int kLanes = 8;
+  CascadeSum<acc_t> total;
+  for (int64_t c0 = 0; c0 < C; c0 += kSumBlock) {
+    const int64_t n = std::min(kSumBlock, C - c0);
+    const scalar_t* xb = x + c0;
+    acc_t lane[kLanes] = {};
+    int64_t c = 0;
+    for (; c + kLanes <= n; c += kLanes) {
+      for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<acc_t>(xb[c + l]);
+    }
+    for (int l = 0; c < n; ++c, ++l) lane[l] += static_cast<acc_t>(xb[c]);
+    total.add(((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7])));
+  }
+  return total.total();
 }
 
 // attention[n, hw] = sum_c f1[n, c, hw].
@@ -101,13 +114,16 @@ void channel_sum(const at::Tensor& f1, acc_t* attention) {
   });
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      acc_t* a = attention + n * HW;
-      const acc_t* p = partial.get() + n * chunks * HW;
-      std::copy(p, p + HW, a);
-      for (int64_t j = 1; j < chunks; ++j) {
+      acc_t* p = partial.get() + n * chunks * HW;
+      for (int64_t s = 1; s < chunks; s *= 2) {
+        for (int64_t j = 0; j + s < chunks; j += 2 * s) {
+          acc_t* dst = p + j * HW;
+          const acc_t* src = p + (j + s) * HW;
 #pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) a[i] += p[j * HW + i];
+          for (int64_t i = 0; i < HW; ++i) dst[i] += src[i];
+        }
       }
+      std::copy(p, p + HW, attention + n * HW);
     }
   });
 }
@@ -262,40 +278,21 @@ void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& ou
   });
 }
 
-at::Tensor as_supported_layout(const at::Tensor& x) {
-  return (x.is_contiguous() || is_channels_last_4d(x)) ? x : x.contiguous();
-}
-
-// The output takes x's layout when x is channels_last, else it is contiguous (the fakes in
-// fgreid_ops/ops/topk_mask.py follow the same rule).
-at::Tensor empty_like_layout(const at::Tensor& x) {
-  const auto layout = is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  return at::empty(x.sizes(), x.options().memory_format(layout));
-}
-
-std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1_in, const at::Tensor& f2_in,
-                                                 int64_t k) {
-  check_topk_mask_inputs(f1_in, f2_in, k);
-  const at::Tensor f1 = as_supported_layout(f1_in);
-  const at::Tensor f2 = as_supported_layout(f2_in);
-  at::Tensor mask = at::empty({f2.size(0), 1, f2.size(2), f2.size(3)}, f2.options());
-  at::Tensor out = empty_like_layout(f2);
+std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
+  TopkMaskForward t = prepare_topk_mask(f1, f2, k);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cpu", [&] {
-    build_mask<scalar_t>(f1, k, mask);
-    masked_multiply<scalar_t>(f2, mask, out);
+    build_mask<scalar_t>(t.f1, k, t.mask);
+    masked_multiply<scalar_t>(t.f2, t.mask, t.out);
   });
-  return {out, mask};
+  return {t.out, t.mask};
 }
 
-at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& mask_in) {
-  check_topk_mask_backward_inputs(grad_out_in, mask_in);
-  const at::Tensor grad_out = as_supported_layout(grad_out_in);
-  const at::Tensor mask = mask_in.to(grad_out.scalar_type()).contiguous();
-  at::Tensor grad_f2 = empty_like_layout(grad_out);
-  if (grad_out.numel() == 0) return grad_f2;
+at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out, const at::Tensor& mask) {
+  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask);
+  if (grad_out.numel() == 0) return t.grad_f2;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cpu",
-                                  [&] { masked_multiply<scalar_t>(grad_out, mask, grad_f2); });
-  return grad_f2;
+                                  [&] { masked_multiply<scalar_t>(t.grad_out, t.mask, t.grad_f2); });
+  return t.grad_f2;
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // GeM pooling on CUDA (SPEC §1). One warp per (n, c) row: lanes stride over H*W, fp32 (fp64
-// for double) accumulation, warp-shuffle reduction; the backward writes grad_x and reduces
+// for double) accumulation over blocks of kLaneBlock steps, the blocks combined pairwise (a long
+// row keeps float32 accuracy), then a warp-shuffle reduction; the backward writes grad_x and reduces
 // sum(t log x) for grad_p in one more pass over the (cached) row. Input is made contiguous NCHW first.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,9 +11,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "fgreid_ops/checks.h"
-#include "fgreid_ops/gem_checks.h"
+#include <limits>
+
 #include "fgreid_ops/cuda_utils.cuh"
+#include "fgreid_ops/gem_checks.h"
 
 namespace fgreid_ops {
 namespace {
@@ -25,21 +27,32 @@ __device__ __forceinline__ acc_t clamped(scalar_t raw, acc_t eps) {
   return v < eps ? eps : v;
 }
 
+// Calls body(row) for every (n, c) row of this warp: one warp per row, grid-stride over rows (the
+// whole warp takes the same rows, so its shuffles see every lane).
+template <typename Body>
+__device__ __forceinline__ void for_each_warp_row(int64_t rows, const Body& body) {
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * kWarpsPerBlock) {
+    body(row);
+  }
+}
+
+// This lane's share of sum_hw max(x, eps)^p over one row.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t lane_pow_sum(const scalar_t* xr, int64_t HW, int lane, acc_t p, acc_t eps) {
+  return lane_sum<acc_t>(HW, lane, [&](int64_t i) { return exp(p * log(clamped(xr[i], eps))); });
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void gem_forward_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ p,
                                    scalar_t* __restrict__ out, int64_t rows, int64_t C,
                                    int64_t HW, acc_t eps) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= rows) return;
   const int lane = threadIdx.x % kWarpSize;
-  const acc_t p_c = p[row % C];
-  const scalar_t* xr = x + row * HW;
-  acc_t sum = 0;
-  for (int64_t i = lane; i < HW; i += kWarpSize) {
-    sum += exp(p_c * log(clamped(xr[i], eps)));
-  }
-  sum = warp_sum(sum);
-  if (lane == 0) out[row] = static_cast<scalar_t>(pow(sum / static_cast<acc_t>(HW), acc_t(1) / p_c));
+  for_each_warp_row(rows, [&](int64_t row) {
+    const acc_t p_c = p[row % C];
+    const acc_t sum = warp_sum(lane_pow_sum(x + row * HW, HW, lane, p_c, eps));
+    if (lane == 0) out[row] = static_cast<scalar_t>(pow(sum / static_cast<acc_t>(HW), acc_t(1) / p_c));
+  });
 }
 
 // With t = max(x, eps)^p, s = sum_hw t, m = s / HW, y = m^(1/p): grad_x = g y / s * t / x where
@@ -50,84 +63,66 @@ __global__ void gem_backward_kernel(const scalar_t* __restrict__ grad_out,
                                     const scalar_t* __restrict__ x, const acc_t* __restrict__ p,
                                     scalar_t* __restrict__ grad_x, acc_t* __restrict__ grad_p_rows,
                                     int64_t rows, int64_t C, int64_t HW, acc_t eps) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= rows) return;
   const int lane = threadIdx.x % kWarpSize;
-  const acc_t p_c = p[row % C];
-  const scalar_t* xr = x + row * HW;
-  acc_t s = 0;
-  for (int64_t i = lane; i < HW; i += kWarpSize) s += exp(p_c * log(clamped(xr[i], eps)));
-  s = warp_sum_all(s);
-  const acc_t log_m = log(s / static_cast<acc_t>(HW));
-  const acc_t g_y = static_cast<acc_t>(grad_out[row]) * exp(log_m / p_c);
-  const acc_t coef = g_y / s;
-  scalar_t* gxr = grad_x + row * HW;
-  acc_t sum_t_log_x = 0;
-  for (int64_t i = lane; i < HW; i += kWarpSize) {
-    const acc_t raw = static_cast<acc_t>(xr[i]);
-    const acc_t v = raw < eps ? eps : raw;
-    const acc_t log_v = log(v);
-    const acc_t t = exp(p_c * log_v);
-    gxr[i] = static_cast<scalar_t>(raw >= eps ? coef * t / v : acc_t(0));
-    sum_t_log_x += t * log_v;
-  }
-  if (grad_p_rows == nullptr) return;
-  sum_t_log_x = warp_sum(sum_t_log_x);
-  if (lane == 0) grad_p_rows[row] = g_y * (-log_m / (p_c * p_c) + sum_t_log_x / (p_c * s));
+  for_each_warp_row(rows, [&](int64_t row) {
+    const acc_t p_c = p[row % C];
+    const scalar_t* xr = x + row * HW;
+    const acc_t s = warp_sum_all(lane_pow_sum(xr, HW, lane, p_c, eps));
+    const acc_t log_m = log(s / static_cast<acc_t>(HW));
+    const acc_t g_y = static_cast<acc_t>(grad_out[row]) * exp(log_m / p_c);
+    const acc_t coef = g_y / s;
+    scalar_t* gxr = grad_x + row * HW;
+    acc_t sum_t_log_x = lane_sum<acc_t>(HW, lane, [&](int64_t i) {
+      const acc_t raw = static_cast<acc_t>(xr[i]);
+      const acc_t v = raw < eps ? eps : raw;
+      const acc_t log_v = log(v);
+      const acc_t t = exp(p_c * log_v);
+      gxr[i] = static_cast<scalar_t>(raw >= eps ? coef * t / v : acc_t(0));
+      return t * log_v;
+    });
+    if (grad_p_rows == nullptr) return;
+    sum_t_log_x = warp_sum(sum_t_log_x);
+    if (lane == 0) grad_p_rows[row] = g_y * (-log_m / (p_c * p_c) + sum_t_log_x / (p_c * s));
+  });
 }
 
-at::Tensor per_channel(const at::Tensor& p, int64_t C, at::ScalarType acc) {
-  return p.to(acc).expand({C}).contiguous();
-}
-
-unsigned int num_blocks(int64_t rows) {
-  return static_cast<unsigned int>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-}
+unsigned int num_blocks(int64_t rows) { return grid_size(rows, kWarpsPerBlock, std::numeric_limits<int32_t>::max()); }
 
 at::Tensor gem_cuda(const at::Tensor& x_in, const at::Tensor& p, double eps) {
-  check_gem_inputs(x_in, p, eps);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor out = at::empty({N, C}, x.options());
+  GemForward f = prepare_gem(x_in, p, eps, /*reads_channels_last=*/false);
+  const int64_t N = f.x.size(0), C = f.x.size(1), HW = f.x.size(2) * f.x.size(3);
+  const at::Tensor pc = exponents_per_channel(p, f.x);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "gem_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor pc = per_channel(p, C, c10::CppTypeToScalarType<acc_t>::value);
     gem_forward_kernel<scalar_t, acc_t><<<num_blocks(N * C), kWarpsPerBlock * kWarpSize, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(),
+        f.x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(), f.out.mutable_data_ptr<scalar_t>(), N * C, C,
+        HW, static_cast<acc_t>(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return f.out;
+}
+
+std::tuple<at::Tensor, at::Tensor> gem_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x_in,
+                                                     const at::Tensor& p, double eps, bool need_grad_p) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  // The kernel walks contiguous NCHW; grad_x then follows the layout rule of the CPU kernel and
+  // the fake: channels_last in, channels_last out.
+  GemBackward b = prepare_gem_backward(grad_out, x_in, p, eps, need_grad_p, /*reads_channels_last=*/false);
+  const int64_t N = b.x.size(0), C = b.x.size(1), HW = b.x.size(2) * b.x.size(3);
+  const at::Tensor pc = exponents_per_channel(p, b.x);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "gem_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    gem_backward_kernel<scalar_t, acc_t><<<num_blocks(N * C), kWarpsPerBlock * kWarpSize, 0, stream>>>(
+        b.grad_out.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(),
+        b.grad_x.mutable_data_ptr<scalar_t>(), need_grad_p ? b.grad_p_rows.mutable_data_ptr<acc_t>() : nullptr,
         N * C, C, HW, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> gem_backward_cuda(const at::Tensor& grad_out_in,
-                                                     const at::Tensor& x_in, const at::Tensor& p,
-                                                     double eps,
-                                                     bool need_grad_p) {
-  check_gem_inputs(x_in, p, eps);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
-  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  // grad_x follows the layout rule of the CPU kernel and the fake: channels_last in,
-  // channels_last out; every other layout gives a contiguous gradient.
-  at::Tensor grad_x = at::empty(x.sizes(), x.options());
-  at::Tensor grad_p_rows = empty_grad_p_rows(x, need_grad_p);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const at::Tensor pc = per_channel(p, C, c10::CppTypeToScalarType<acc_t>::value);
-    gem_backward_kernel<scalar_t, acc_t><<<num_blocks(N * C), kWarpsPerBlock * kWarpSize, 0, stream>>>(
-        grad_out.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(),
-        grad_x.mutable_data_ptr<scalar_t>(),
-        need_grad_p ? grad_p_rows.mutable_data_ptr<acc_t>() : nullptr, N * C, C, HW,
-        static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  if (is_channels_last_4d(x_in)) grad_x = grad_x.contiguous(at::MemoryFormat::ChannelsLast);
-  return {grad_x, grad_p_rows};
+  at::Tensor grad_x = is_channels_last_4d(x_in) ? b.grad_x.contiguous(at::MemoryFormat::ChannelsLast) : b.grad_x;
+  return {grad_x, b.grad_p_rows};
 }
 
 }  // namespace

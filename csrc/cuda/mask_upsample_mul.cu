@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <string_view>
 
-#include "fgreid_ops/checks.h"
 #include "fgreid_ops/cuda_utils.cuh"
 #include "fgreid_ops/mask_upsample_mul_checks.h"
 #include "fgreid_ops/upsample_index.h"
@@ -32,13 +31,14 @@ constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / kWarpSize;
 constexpr int64_t kChannelsPerThread = 8;  // forward / grad_feat with a shared mask
 constexpr int64_t kChannelChunk = 32;      // channels per partial sum of G with a shared mask
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 template <typename acc_t>
 struct Geometry {
   int64_t N, C, Cm, H, W, h, w;
   acc_t sy, sx;  // in / out, for bilinear
   bool linear;
+  int64_t HW;    // H * W
+  acc_t inv_hw;  // 1 / (H * W), the pooling scale
 };
 
 template <typename acc_t>
@@ -126,9 +126,8 @@ __global__ void pool_kernel(const scalar_t* __restrict__ feat, const acc_t* __re
   const int64_t HW = g.H * g.W, n = row / g.C;
   const acc_t* plane = mask + (g.Cm == 1 ? n : row) * g.h * g.w;
   const scalar_t* f = feat + row * HW;
-  acc_t sum = 0;
-  for (int64_t p = lane; p < HW; p += kWarpSize) sum += static_cast<acc_t>(f[p]) * up_value(plane, g, p / g.W, p % g.W);
-  sum = warp_sum(sum);
+  const acc_t sum = warp_sum(lane_sum<acc_t>(
+      HW, lane, [&](int64_t p) { return static_cast<acc_t>(f[p]) * up_value(plane, g, p / g.W, p % g.W); }));
   if (lane == 0) out[row] = static_cast<scalar_t>(sum * inv_hw);
 }
 
@@ -211,11 +210,7 @@ __global__ void grad_mask_kernel(const acc_t* __restrict__ shared_G, const scala
   }
 }
 
-unsigned int blocks_for(int64_t total) {
-  return static_cast<unsigned int>(std::min<int64_t>((total + kThreads - 1) / kThreads, kMaxBlocks));
-}
-
-at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+unsigned int blocks_for(int64_t total) { return grid_size(total, kThreads); }
 
 template <typename acc_t>
 Geometry<acc_t> geometry(const at::Tensor& feat, const at::Tensor& mask, bool linear) {
@@ -225,27 +220,27 @@ Geometry<acc_t> geometry(const at::Tensor& feat, const at::Tensor& mask, bool li
   g.sy = linear_scale<acc_t>(g.h, g.H);
   g.sx = linear_scale<acc_t>(g.w, g.W);
   g.linear = linear;
+  g.HW = g.H * g.W;
+  g.inv_hw = acc_t(1) / static_cast<acc_t>(g.HW);
   return g;
 }
 
 at::Tensor mask_upsample_mul_cuda(const at::Tensor& feat_in, const at::Tensor& mask_in, std::string_view mode,
                                   bool pool) {
-  check_mask_upsample_mul_inputs(feat_in, mask_in);
-  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
   const c10::cuda::CUDAGuard guard(feat_in.device());
-  const at::Tensor feat = feat_in.contiguous();
-  const at::Tensor mask = mask_in.to(acc_type(feat.scalar_type())).contiguous();
+  MaskUpsampleMulForward f = prepare_mask_upsample_mul(feat_in, mask_in, mode, pool);
+  const at::Tensor& feat = f.feat;
+  const at::Tensor& mask = f.mask;
+  at::Tensor& out = f.out;
   const int64_t N = feat.size(0), C = feat.size(1);
-  at::Tensor out = pool ? at::empty({N, C}, feat.options()) : at::empty(feat.sizes(), feat.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Geometry<acc_t> g = geometry<acc_t>(feat, mask, linear);
-    const int64_t HW = g.H * g.W;
-    const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+    const Geometry<acc_t> g = geometry<acc_t>(feat, mask, f.linear);
+    const int64_t HW = g.HW;
+    const acc_t inv_hw = g.inv_hw;
     if (pool) {
-      const auto blocks = static_cast<unsigned int>((N * C + kWarpsPerBlock - 1) / kWarpsPerBlock);
-      pool_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+      pool_kernel<scalar_t, acc_t><<<grid_size(N * C, kWarpsPerBlock, INT32_MAX), kThreads, 0, stream>>>(
           feat.const_data_ptr<scalar_t>(), mask.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), g, inv_hw);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     } else {
@@ -265,23 +260,21 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
                                                                    const at::Tensor& mask_in, std::string_view mode,
                                                                    bool pool, bool need_grad_feat,
                                                                    bool need_grad_mask) {
-  check_mask_upsample_mul_inputs(feat_in, mask_in);
-  check_mask_upsample_mul_grad(grad_out_in, feat_in, pool);
-  const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
   const c10::cuda::CUDAGuard guard(feat_in.device());
-  const at::Tensor feat = feat_in.contiguous();
-  const at::Tensor grad = grad_out_in.to(feat.scalar_type()).contiguous();
-  const at::ScalarType acc = acc_type(feat.scalar_type());
-  const at::Tensor mask = mask_in.to(acc).contiguous();
+  MaskUpsampleMulBackward b =
+      prepare_mask_upsample_mul_backward(grad_out_in, feat_in, mask_in, mode, pool, need_grad_feat, need_grad_mask);
+  const at::Tensor& feat = b.feat;
+  const at::Tensor& grad = b.grad_out;
+  const at::Tensor& mask = b.mask;
   const int64_t N = feat.size(0), C = feat.size(1), Cm = mask.size(1);
-  at::Tensor grad_feat = at::empty(need_grad_feat ? feat.sizes() : at::IntArrayRef{0}, feat.options());
-  at::Tensor grad_mask = at::empty(need_grad_mask ? mask.sizes() : at::IntArrayRef{0}, mask.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Geometry<acc_t> g = geometry<acc_t>(feat, mask, linear);
-    const int64_t HW = g.H * g.W;
-    const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+    const Geometry<acc_t> g = geometry<acc_t>(feat, mask, b.linear);
+    const int64_t HW = g.HW;
+    const acc_t inv_hw = g.inv_hw;
+    at::Tensor& grad_feat = b.grad_feat;
+    at::Tensor& grad_mask = b.grad_mask;
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
     const scalar_t* fd = feat.const_data_ptr<scalar_t>();
     const acc_t* md = mask.const_data_ptr<acc_t>();
@@ -319,8 +312,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
         G.const_data_ptr<acc_t>(), gd, pool, inv_hw, fd, md, nullptr, gmd, g, mask_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (!need_grad_mask) return {grad_feat, at::empty({0}, mask_in.options())};
-  return {grad_feat, grad_mask.to(mask_in.scalar_type())};
+  return mask_upsample_mul_gradients(b, mask_in);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 
 #include "fgreid_ops/checks.h"
 #include "fgreid_ops/off_checks.h"
+#include "fgreid_ops/sobel.h"
 
 namespace fgreid_ops {
 namespace {
@@ -96,20 +97,10 @@ __device__ __forceinline__ void load_halo_tiles(const scalar_t* __restrict__ src
   }
 }
 
-// The 3x3 window whose top-left corner is s (row pitch pw). The zero taps (middle column for x,
-// middle row for y) enter as 0 * (...) so that NaN/inf spread exactly as in conv2d.
+// The 3x3 window whose top-left corner is s (row pitch pw) in a zero-padded tile.
 template <typename acc_t>
-__device__ __forceinline__ acc_t sobel_x(const acc_t* s, int pw) {
-  const acc_t left = s[0] + acc_t(2) * s[pw] + s[2 * pw];
-  const acc_t right = s[2] + acc_t(2) * s[pw + 2] + s[2 * pw + 2];
-  return (right - left) + acc_t(0) * (s[1] + s[pw + 1] + s[2 * pw + 1]);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t sobel_y(const acc_t* s, int pw) {
-  const acc_t up = s[0] + acc_t(2) * s[1] + s[2];
-  const acc_t down = s[2 * pw] + acc_t(2) * s[2 * pw + 1] + s[2 * pw + 2];
-  return (down - up) + acc_t(0) * (s[pw] + s[pw + 1] + s[pw + 2]);
+__device__ __forceinline__ Window3x3<acc_t> tile_window(const acc_t* s, int pw) {
+  return {s[0], s[1], s[2], s[pw], s[pw + 1], s[pw + 2], s[2 * pw], s[2 * pw + 1], s[2 * pw + 2]};
 }
 
 struct ForwardArgs {
@@ -142,8 +133,9 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t gi = bt.i0 + li, gj = bt.j0 + lj;
     const int64_t o = o_base[k] + gi * p.W + gj;
     const acc_t bv = static_cast<acc_t>(b[b_base[k] + gi * p.sb.h + gj * p.sb.w]);
-    out[o] = static_cast<scalar_t>(sobel_x(s, pw));
-    out[o + p.C * HW] = static_cast<scalar_t>(sobel_y(s, pw));
+    const Window3x3<acc_t> w = tile_window(s, pw);
+    out[o] = static_cast<scalar_t>(sobel_x(w));
+    out[o + p.C * HW] = static_cast<scalar_t>(sobel_y(w));
     out[o + 2 * p.C * HW] = static_cast<scalar_t>(bv - s[pw + 1]);
   }
 }
@@ -154,8 +146,8 @@ struct BackwardArgs {
 };
 
 // grad plane (n, t, c) = -Sx(g_x) - Sy(g_y) - g_t from pair (n, t) when t < B1in, plus g_t of
-// pair (n, t - shift) when shift >= 0 (see OffBackwardGeometry). The flipped Sobel kernels are
-// the negated ones, so the adjoint stencils are -Sx and -Sy.
+// pair (n, t - shift) when shift >= 0 (see OffBackwardGeometry); the adjoint stencils are -Sx
+// and -Sy (sobel.h).
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     off_backward_kernel(const scalar_t* __restrict__ g, scalar_t* __restrict__ grad, BackwardArgs p, Tiling t) {
@@ -183,22 +175,21 @@ __global__ void __launch_bounds__(kThreads)
     if (g_base[k] >= 0) {
       const int off = k * pad + li * pw + lj;
       const acc_t gt = static_cast<acc_t>(g[g_base[k] + 2 * p.C * s.c + hw]);
-      v = -gt - (sobel_x(tile_x + off, pw) + sobel_y(tile_y + off, pw));
+      v = -gt - (sobel_x(tile_window(tile_x + off, pw)) + sobel_y(tile_window(tile_y + off, pw)));
     }
     if (e_base[k] >= 0) v += static_cast<acc_t>(g[e_base[k] + hw]);
     grad[(bt.p0 + k) * HW + gi * p.W + gj] = static_cast<scalar_t>(v);
   }
 }
 
-at::Tensor run_forward(const at::Tensor& a_in, const at::Tensor& b_in) {
-  const c10::cuda::CUDAGuard guard(a_in.device());
-  const OffForwardGeometry g = off_forward_geometry(a_in, b_in);
-  at::Tensor out = at::empty(g.out_shape, a_in.options());
+at::Tensor run_forward(const OffForwardGeometry& g) {
+  const c10::cuda::CUDAGuard guard(g.a.device());
+  at::Tensor out = at::empty(g.out_shape, g.a.options());
   if (out.numel() == 0) return out;
   const ForwardArgs args{g.B0 * g.B1 * g.C, g.B1, g.C, g.H, g.W, g.sa, g.sb};
   const Tiling t = make_tiling(args.planes, g.H, g.W);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a_in.scalar_type(), "off_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.a.scalar_type(), "off_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     off_forward_kernel<scalar_t, acc_t>
         <<<static_cast<unsigned int>(t.blocks), kThreads, smem_bytes<acc_t>(t, 1), stream>>>(
@@ -226,34 +217,8 @@ at::Tensor run_backward(const OffBackwardGeometry& g) {
   return grad;
 }
 
-at::Tensor off_cuda(const at::Tensor& a, const at::Tensor& b) {
-  check_off_inputs(a, b);
-  return run_forward(a, b);
-}
-
-at::Tensor off_backward_cuda(const at::Tensor& grad_out) {
-  check_off_grad(grad_out);
-  return run_backward(off_backward_geometry(grad_out));
-}
-
-at::Tensor off_segment_cuda(const at::Tensor& x, int64_t stride) {
-  check_off_segment_input(x, stride);
-  const int64_t pairs = x.size(1) - stride;
-  return run_forward(x.narrow(1, 0, pairs), x.narrow(1, stride, pairs));
-}
-
-at::Tensor off_segment_backward_cuda(const at::Tensor& grad_out, int64_t stride) {
-  check_off_segment_grad(grad_out, stride);
-  return run_backward(off_segment_backward_geometry(grad_out, stride));
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CUDA, m) {
-  m.impl("off", &off_cuda);
-  m.impl("off_backward", &off_backward_cuda);
-  m.impl("off_segment", &off_segment_cuda);
-  m.impl("off_segment_backward", &off_segment_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fgreid, CUDA, m) { register_off_kernels<run_forward, run_backward>(m); }
 
 }  // namespace fgreid_ops

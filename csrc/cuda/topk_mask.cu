@@ -21,7 +21,6 @@
 #include <climits>
 #include <cstdint>
 
-#include "fgreid_ops/checks.h"
 #include "fgreid_ops/cuda_utils.cuh"
 #include "fgreid_ops/order_key.h"
 #include "fgreid_ops/topk_mask_checks.h"
@@ -69,9 +68,7 @@ __global__ void channel_sum_nhwc_kernel(const scalar_t* __restrict__ f1, acc_t* 
   if (pos >= positions) return;  // whole warps leave together
   const int lane = threadIdx.x % kWarpSize;
   const scalar_t* x = f1 + pos * C;
-  acc_t sum = 0;
-  for (int64_t c = lane; c < C; c += kWarpSize) sum += static_cast<acc_t>(x[c]);
-  sum = warp_sum(sum);
+  const acc_t sum = warp_sum(lane_sum<acc_t>(C, lane, [&](int64_t c) { return static_cast<acc_t>(x[c]); }));
   if (lane == 0) attention[pos] = sum;
 }
 
@@ -90,9 +87,9 @@ select_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ attention, 
   const acc_t* p = partial + n * chunks * HW;
   acc_t* a = attention + n * HW;
   for (int i = tid; i < HW; i += kSelectThreads) {
-    acc_t s = p[i];
-    for (int64_t j = 1; j < chunks; ++j) s += p[j * HW + i];
-    a[i] = s;
+    CascadeSum<acc_t> s;  // pairwise over the chunks: C may be long
+    for (int64_t j = 0; j < chunks; ++j) s.add(p[j * HW + i]);
+    a[i] = s.total();
   }
   __syncthreads();  // makes the block's global writes of a visible to the whole block
 
@@ -213,8 +210,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 template <typename scalar_t, int VEC, bool CHANNELS_LAST, typename index_t>
 void launch_multiply(const scalar_t* x, const scalar_t* m, scalar_t* o, int64_t total_vec, int64_t inner,
                      int64_t C, cudaStream_t stream) {
-  const int64_t blocks = (total_vec + kThreads - 1) / kThreads;
-  const unsigned int grid = static_cast<unsigned int>(blocks < (1 << 30) ? blocks : (1 << 30));
+  const unsigned int grid = grid_size(total_vec, kThreads, int64_t(1) << 30);
   masked_multiply_kernel<scalar_t, VEC, CHANNELS_LAST, index_t><<<grid, kThreads, 0, stream>>>(
       x, m, o, static_cast<index_t>(total_vec), IntDivider<index_t>(static_cast<index_t>(inner)),
       IntDivider<index_t>(static_cast<index_t>(C)));
@@ -265,16 +261,14 @@ void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask, cudaStream_t 
   if (is_channels_last_4d(f1)) {
     partial = at::empty({N, 1, HW}, acc_options);
     const int64_t positions = N * HW;
-    const int64_t blocks = (positions + kSumWarpsPerBlock - 1) / kSumWarpsPerBlock;
-    channel_sum_nhwc_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kSumWarpsPerBlock * kWarpSize, 0,
-                                               stream>>>(x, partial.mutable_data_ptr<acc_t>(), positions, C);
+    channel_sum_nhwc_kernel<scalar_t, acc_t><<<grid_size(positions, kSumWarpsPerBlock, INT_MAX),
+                                               kSumWarpsPerBlock * kWarpSize, 0, stream>>>(x, partial.mutable_data_ptr<acc_t>(), positions, C);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {
     chunks = (C + kChannelChunk - 1) / kChannelChunk;
     partial = at::empty({N, chunks, HW}, acc_options);
     const int64_t total = N * chunks * HW;
-    const int64_t blocks = (total + kThreads - 1) / kThreads;
-    partial_sum_nchw_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+    partial_sum_nchw_kernel<scalar_t, acc_t><<<grid_size(total, kThreads, INT_MAX), kThreads, 0, stream>>>(
         x, partial.mutable_data_ptr<acc_t>(), total, C, HW, chunks);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -285,48 +279,31 @@ void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask, cudaStream_t 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor as_supported_layout(const at::Tensor& x) {
-  return (x.is_contiguous() || is_channels_last_4d(x)) ? x : x.contiguous();
-}
-
-// Same rule as the CPU kernel and the fakes: channels_last stays channels_last, else contiguous.
-at::Tensor empty_like_layout(const at::Tensor& x) {
-  const auto layout = is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  return at::empty(x.sizes(), x.options().memory_format(layout));
-}
-
-std::tuple<at::Tensor, at::Tensor> topk_mask_cuda(const at::Tensor& f1_in, const at::Tensor& f2_in, int64_t k) {
-  check_topk_mask_inputs(f1_in, f2_in, k);
-  const c10::cuda::CUDAGuard guard(f1_in.device());
-  const at::Tensor f1 = as_supported_layout(f1_in);
-  const at::Tensor f2 = as_supported_layout(f2_in);
+std::tuple<at::Tensor, at::Tensor> topk_mask_cuda(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
+  const c10::cuda::CUDAGuard guard(f1.device());
+  TopkMaskForward t = prepare_topk_mask(f1, f2, k);
   const int64_t N = f2.size(0), HW = f2.size(2) * f2.size(3);
   TORCH_CHECK_VALUE(HW <= INT_MAX && N <= INT_MAX,
                     "fgreid_ops.topk_mask: expected f1 with N and H*W below 2^31 on CUDA, got ", f1.sizes());
-  at::Tensor mask = at::empty({N, 1, f2.size(2), f2.size(3)}, f2.options());
-  at::Tensor out = empty_like_layout(f2);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cuda", [&] {
     if (k == 0 || k >= HW) {
-      mask.fill_(k == 0 ? 1 : 0);
+      t.mask.fill_(k == 0 ? 1 : 0);
     } else {
-      build_mask<scalar_t>(f1, k, mask, stream);
+      build_mask<scalar_t>(t.f1, k, t.mask, stream);
     }
-    masked_multiply<scalar_t>(f2, mask, out, stream);
+    masked_multiply<scalar_t>(t.f2, t.mask, t.out, stream);
   });
-  return {out, mask};
+  return {t.out, t.mask};
 }
 
-at::Tensor topk_mask_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& mask_in) {
-  check_topk_mask_backward_inputs(grad_out_in, mask_in);
-  const c10::cuda::CUDAGuard guard(grad_out_in.device());
-  const at::Tensor grad_out = as_supported_layout(grad_out_in);
-  const at::Tensor mask = mask_in.to(grad_out.scalar_type()).contiguous();
-  at::Tensor grad_f2 = empty_like_layout(grad_out);
+at::Tensor topk_mask_backward_cuda(const at::Tensor& grad_out, const at::Tensor& mask) {
+  const c10::cuda::CUDAGuard guard(grad_out.device());
+  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cuda",
-                                  [&] { masked_multiply<scalar_t>(grad_out, mask, grad_f2, stream); });
-  return grad_f2;
+                                  [&] { masked_multiply<scalar_t>(t.grad_out, t.mask, t.grad_f2, stream); });
+  return t.grad_f2;
 }
 
 }  // namespace

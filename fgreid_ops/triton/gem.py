@@ -1,7 +1,9 @@
 """GeM pooling in Triton (SPEC §1): the launchers of fgreid::gem_triton / gem_triton_backward.
 
 Each program reduces BLOCK_R rows (n, c) over H*W in BLOCK_HW chunks. Addresses come from the
-input's own strides, so channels_last and sliced views are read in place without a copy."""
+input's own strides, so channels_last and sliced views are read in place without a copy. Each lane
+of the running sums is Kahan-compensated: a long row (H*W / BLOCK_HW terms per lane) would
+otherwise saturate a float32 sum."""
 
 import torch
 import triton
@@ -10,6 +12,15 @@ import triton.language as tl
 from .._checks import is_channels_last
 from ..checks.gem import check_backward_inputs, check_inputs
 from ._utils import acc_dtype, grid, launcher
+
+
+@triton.jit
+def _kahan_add(acc, comp, term):
+    """acc + term with the rounding error carried in comp (Kahan summation), elementwise. Once the
+    sum is inf or NaN it carries no error (inf - inf would turn an infinite sum into NaN)."""
+    y = term - comp
+    total = acc + y
+    return total, tl.where(total - total == 0, (total - acc) - y, 0.0)
 
 
 @triton.jit
@@ -24,13 +35,14 @@ def _gem_fwd_kernel(
     row_offset = (rows // C) * stride_n + c * stride_c
     p = tl.load(p_ptr + c, mask=row_mask, other=1.0).to(ACC)
     acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    comp = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
     for start in range(0, HW, BLOCK_HW):
         i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
         offsets = row_offset[:, None] + ((i // W) * stride_h + (i % W) * stride_w)[None, :]
         mask = row_mask[:, None] & (i < HW)[None, :]
         v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
         v = tl.where(v < eps, eps, v)  # keeps NaN, unlike tl.maximum
-        acc += tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0)
+        acc, comp = _kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
     mean = tl.where(row_mask, tl.sum(acc, axis=1) / HW, 1.0)
     out = tl.exp(tl.log(mean) / p)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
@@ -54,18 +66,20 @@ def _gem_bwd_kernel(
     grad_row_offset = n * gstride_n + c * gstride_c
     p = tl.load(p_ptr + c, mask=row_mask, other=1.0).to(ACC)
     acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    comp = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
     for start in range(0, HW, BLOCK_HW):
         i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
         mask = row_mask[:, None] & (i < HW)[None, :]
         offsets = row_offset[:, None] + ((i // W) * stride_h + (i % W) * stride_w)[None, :]
         v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
         v = tl.where(v < eps, eps, v)
-        acc += tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0)
+        acc, comp = _kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
     s = tl.where(row_mask, tl.sum(acc, axis=1), 1.0)
     log_m = tl.log(s / HW)
     g_y = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(ACC) * tl.exp(log_m / p)
     coef = g_y / s
     acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
+    comp = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
     for start in range(0, HW, BLOCK_HW):
         i = start + tl.arange(0, BLOCK_HW).to(tl.int64)
         hw_offset = (i // W) * stride_h + (i % W) * stride_w
@@ -82,7 +96,7 @@ def _gem_bwd_kernel(
             mask=mask,
         )
         if NEED_GRAD_P:
-            acc += tl.where(mask, t * log_v, 0.0)
+            acc, comp = _kahan_add(acc, comp, tl.where(mask, t * log_v, 0.0))
     if NEED_GRAD_P:
         grad_p = g_y * (-log_m / (p * p) + tl.sum(acc, axis=1) / (p * s))
         tl.store(grad_p_ptr + rows, grad_p, mask=row_mask)

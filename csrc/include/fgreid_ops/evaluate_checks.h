@@ -82,9 +82,8 @@ inline void check_match_lists(const char* op, const at::Tensor& offsets, const a
   check_id_vector(op, "counts", counts, nnz, "nnz");
   TORCH_CHECK_VALUE(!counts_written || counts.is_contiguous(), "fgreid_ops.", op,
                     ": expected counts to be contiguous (it is written in place)");
-  for (const auto* t : {&index, &dist, &counts}) {
-    check_same_device(op, "match lists", *t, "match_offsets", offsets);
-  }
+  check_same_devices(op, {{"match_offsets", &offsets}, {"match_index", &index}, {"match_dist", &dist},
+                          {"counts", &counts}});
   if (offsets.device().is_cpu()) {
     const at::Tensor o = offsets.contiguous();
     const int64_t* p = o.const_data_ptr<int64_t>();
@@ -96,6 +95,16 @@ inline void check_match_lists(const char* op, const at::Tensor& offsets, const a
                         ": expected match_offsets to be non-decreasing, got ", p[i], " then ",
                         p[i + 1], " at ", i);
     }
+  }
+}
+
+// Every value of an int64 tensor >= 0 (read on CPU).
+inline void check_nonnegative(const char* op, const char* arg, const at::Tensor& t) {
+  if (!t.device().is_cpu() || t.numel() == 0) return;
+  const at::Tensor c = t.contiguous();
+  const int64_t* p = c.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    TORCH_CHECK_VALUE(p[i] >= 0, "fgreid_ops.", op, ": expected ", arg, " >= 0, got ", p[i], " at ", i);
   }
 }
 

@@ -1,4 +1,6 @@
-// Input checks and plane geometry of the OFF op (SPEC §2), shared by its CPU and CUDA kernels.
+// Input checks, plane geometry and registration of the OFF ops (SPEC §2), shared by the CPU and
+// CUDA kernels: a backend supplies two launchers, run_forward(OffForwardGeometry) and
+// run_backward(OffBackwardGeometry), and registers them with register_off_kernels.
 //
 // Every kernel walks [B0, B1, C, H, W] planes with per-dimension strides: the leading dims of an
 // input [..., C, H, W] are folded into at most two batch dims, which covers contiguous tensors,
@@ -9,8 +11,11 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "fgreid_ops/checks.h"
@@ -28,8 +33,7 @@ inline void check_off_inputs(const at::Tensor& a, const at::Tensor& b) {
   check_off_tensor("a", a);
   check_float_dtype("off", "b", b);
   check_same_device("off", "b", b, "a", a);
-  TORCH_CHECK_TYPE(b.scalar_type() == a.scalar_type(), "fgreid_ops.off: expected b to have the same dtype as a (",
-                   a.scalar_type(), "), got ", b.scalar_type());
+  check_same_dtype("off", "b", b, "a", a);
   TORCH_CHECK_VALUE(b.sizes() == a.sizes(), "fgreid_ops.off: expected b to have the same shape as a (",
                     a.sizes(), "), got ", b.sizes());
 }
@@ -60,6 +64,11 @@ inline void check_off_segment_grad(const at::Tensor& grad_out, int64_t stride) {
   TORCH_CHECK_VALUE(grad_out.size(2) % 3 == 0,
                     "fgreid_ops.off: expected grad_out to have 3C channels, got ", grad_out.size(2));
   TORCH_CHECK_VALUE(stride >= 1, "fgreid_ops.off: expected stride >= 1, got ", stride);
+  // grad_x has T = grad_out.size(1) + stride frames: its element count must fit in int64.
+  const int64_t per_frame = grad_out.size(0) * (grad_out.size(2) / 3) * grad_out.size(3) * grad_out.size(4);
+  TORCH_CHECK_VALUE(stride <= std::numeric_limits<int64_t>::max() / per_frame - grad_out.size(1),
+                    "fgreid_ops.off: expected stride small enough for grad_x (T = ", grad_out.size(1),
+                    " + stride frames) to be addressable, got ", stride);
 }
 
 // Strides of one tensor viewed as [B0, B1, C, H, W].
@@ -188,6 +197,49 @@ inline OffBackwardGeometry off_segment_backward_geometry(const at::Tensor& grad_
   g.sg = {s[0], s[1], s[2], s[3], s[4]};
   g.out_shape = {g.B0, g.B1out, g.C, g.H, g.W};
   return g;
+}
+
+inline OffForwardGeometry prepare_off(const at::Tensor& a, const at::Tensor& b) {
+  check_off_inputs(a, b);
+  return off_forward_geometry(a, b);
+}
+
+inline OffForwardGeometry prepare_off_segment(const at::Tensor& x, int64_t stride) {
+  check_off_segment_input(x, stride);
+  const int64_t pairs = x.size(1) - stride;
+  return off_forward_geometry(x.narrow(1, 0, pairs), x.narrow(1, stride, pairs));
+}
+
+inline OffBackwardGeometry prepare_off_backward(const at::Tensor& grad_out) {
+  check_off_grad(grad_out);
+  return off_backward_geometry(grad_out);
+}
+
+inline OffBackwardGeometry prepare_off_segment_backward(const at::Tensor& grad_out, int64_t stride) {
+  check_off_segment_grad(grad_out, stride);
+  return off_segment_backward_geometry(grad_out, stride);
+}
+
+// The four OFF ops of one backend, from its two launchers.
+template <at::Tensor (*run_forward)(const OffForwardGeometry&), at::Tensor (*run_backward)(const OffBackwardGeometry&)>
+struct OffKernels {
+  static at::Tensor off(const at::Tensor& a, const at::Tensor& b) { return run_forward(prepare_off(a, b)); }
+  static at::Tensor off_backward(const at::Tensor& g) { return run_backward(prepare_off_backward(g)); }
+  static at::Tensor off_segment(const at::Tensor& x, int64_t stride) {
+    return run_forward(prepare_off_segment(x, stride));
+  }
+  static at::Tensor off_segment_backward(const at::Tensor& g, int64_t stride) {
+    return run_backward(prepare_off_segment_backward(g, stride));
+  }
+};
+
+template <at::Tensor (*run_forward)(const OffForwardGeometry&), at::Tensor (*run_backward)(const OffBackwardGeometry&)>
+void register_off_kernels(torch::Library& m) {
+  using K = OffKernels<run_forward, run_backward>;
+  m.impl("off", &K::off);
+  m.impl("off_backward", &K::off_backward);
+  m.impl("off_segment", &K::off_segment);
+  m.impl("off_segment_backward", &K::off_segment_backward);
 }
 
 }  // namespace fgreid_ops

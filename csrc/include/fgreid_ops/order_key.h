@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__)
-#define FGREID_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FGREID_HOST_DEVICE inline
-#endif
+#include "fgreid_ops/macros.h"
 
 namespace fgreid_ops {
 

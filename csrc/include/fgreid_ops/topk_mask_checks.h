@@ -1,7 +1,10 @@
-// Input checks of the top-k mask op, shared by its CPU and CUDA kernels.
+// Input checks and output allocation of the top-k mask op, shared by its CPU and CUDA kernels.
 #pragma once
 
+#include <ATen/ops/empty.h>
+
 #include "fgreid_ops/checks.h"
+#include "fgreid_ops/layout.h"
 
 namespace fgreid_ops {
 
@@ -9,14 +12,11 @@ inline void check_topk_mask_inputs(const at::Tensor& f1, const at::Tensor& f2, i
   check_dim("topk_mask", "f1", f1, 4, "(N, C, H, W)");
   check_float_dtype("topk_mask", "f1", f1);
   check_same_device("topk_mask", "f2", f2, "f1", f1);
-  TORCH_CHECK_TYPE(f2.scalar_type() == f1.scalar_type(),
-                   "fgreid_ops.topk_mask: expected f2 to have the same dtype as f1 (",
-                   f1.scalar_type(), "), got ", f2.scalar_type());
+  check_same_dtype("topk_mask", "f2", f2, "f1", f1);
   TORCH_CHECK_VALUE(f2.sizes() == f1.sizes(),
                     "fgreid_ops.topk_mask: expected f2 of the same shape as f1 ", f1.sizes(),
                     ", got ", f2.sizes());
-  TORCH_CHECK_VALUE(f1.size(0) > 0,
-                    "fgreid_ops.topk_mask: expected f1 to have a non-empty batch, got N=0");
+  check_nonempty_batch("topk_mask", "f1", f1);
   check_nonempty("topk_mask", "f1", f1);
   TORCH_CHECK_VALUE(k >= 0, "fgreid_ops.topk_mask: expected k >= 0, got ", k);
 }
@@ -32,6 +32,35 @@ inline void check_topk_mask_backward_inputs(const at::Tensor& grad_out, const at
                     "fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W]=[",
                     grad_out.size(0), ", 1, ", grad_out.size(2), ", ", grad_out.size(3), "], got ",
                     mask.sizes());
+}
+
+// f1 and f2 as the kernels read them (contiguous or channels_last), the mask [N, 1, H, W] in f2's
+// dtype and out in f2's layout (the fakes in fgreid_ops/ops/topk_mask.py follow the same rule).
+struct TopkMaskForward {
+  at::Tensor f1, f2, mask, out;
+};
+
+inline TopkMaskForward prepare_topk_mask(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
+  check_topk_mask_inputs(f1, f2, k);
+  TopkMaskForward t;
+  t.f1 = contiguous_or_channels_last(f1);
+  t.f2 = contiguous_or_channels_last(f2);
+  t.mask = at::empty({f2.size(0), 1, f2.size(2), f2.size(3)}, f2.options());
+  t.out = empty_in_layout_of(t.f2);
+  return t;
+}
+
+struct TopkMaskBackward {
+  at::Tensor grad_out, mask, grad_f2;
+};
+
+inline TopkMaskBackward prepare_topk_mask_backward(const at::Tensor& grad_out, const at::Tensor& mask) {
+  check_topk_mask_backward_inputs(grad_out, mask);
+  TopkMaskBackward t;
+  t.grad_out = contiguous_or_channels_last(grad_out);
+  t.mask = mask.to(grad_out.scalar_type()).contiguous();
+  t.grad_f2 = empty_in_layout_of(t.grad_out);
+  return t;
 }
 
 }  // namespace fgreid_ops

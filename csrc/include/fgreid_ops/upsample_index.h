@@ -8,13 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef FGREID_HD
-#ifdef __CUDACC__
-#define FGREID_HD __host__ __device__ __forceinline__
-#else
-#define FGREID_HD inline
-#endif
-#endif
+#include "fgreid_ops/macros.h"
 
 namespace fgreid_ops {
 
@@ -28,18 +22,18 @@ struct LinearTap {
 // scale = in / out in the accumulation type (float for float/half/bfloat16, double for double):
 // ATen's compute_scales_value<opmath_t> when the output size is given (scales unset).
 template <typename acc_t>
-FGREID_HD acc_t linear_scale(int64_t in, int64_t out) {
+FGREID_HOST_DEVICE acc_t linear_scale(int64_t in, int64_t out) {
   return static_cast<acc_t>(in) / static_cast<acc_t>(out);
 }
 
 // a * b + c with one rounding. ATen's CPU kernels (built with FMA contraction for AVX2) and nvcc
 // (fmad on by default) both fuse `scale * (dst + 0.5) - 0.5`; an unfused product shifts some
 // weights by an ulp.
-FGREID_HD float fused_mul_add(float a, float b, float c) { return fmaf(a, b, c); }
-FGREID_HD double fused_mul_add(double a, double b, double c) { return fma(a, b, c); }
+FGREID_HOST_DEVICE float fused_mul_add(float a, float b, float c) { return fmaf(a, b, c); }
+FGREID_HOST_DEVICE double fused_mul_add(double a, double b, double c) { return fma(a, b, c); }
 
 template <typename acc_t>
-FGREID_HD LinearTap<acc_t> linear_tap(acc_t scale, int64_t dst, int64_t in, int64_t out) {
+FGREID_HOST_DEVICE LinearTap<acc_t> linear_tap(acc_t scale, int64_t dst, int64_t in, int64_t out) {
   if (in == out) return {dst, dst, acc_t(1), acc_t(0)};
   acc_t src = fused_mul_add(scale, static_cast<acc_t>(dst) + acc_t(0.5), acc_t(-0.5));
   src = src < acc_t(0) ? acc_t(0) : src;
@@ -53,7 +47,7 @@ FGREID_HD LinearTap<acc_t> linear_tap(acc_t scale, int64_t dst, int64_t in, int6
 
 // Legacy "nearest" (not "nearest-exact"): src = min(floor(dst * (in / out)), in - 1) in float,
 // with ATen's exact shortcuts for out == in and out == 2 in.
-FGREID_HD int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
+FGREID_HOST_DEVICE int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
   if (out == in) return dst;
   if (out == 2 * in) return dst >> 1;
   const float scale = static_cast<float>(in) / static_cast<float>(out);
