@@ -31,6 +31,11 @@ def check_same_device(op: str, arg: str, t: torch.Tensor, ref_arg: str, ref: tor
         raise ValueError(f"fgreid_ops.{op}: expected {arg} on the same device as {ref_arg} ({ref.device}), got {t.device}")
 
 
+def check_same_dtype(op: str, arg: str, t: torch.Tensor, ref_arg: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"fgreid_ops.{op}: expected {arg} to have the same dtype as {ref_arg} ({ref.dtype}), got {t.dtype}")
+
+
 def check_nonempty_batch(op: str, arg: str, t: torch.Tensor) -> None:
     if t.shape[0] == 0:
         raise ValueError(f"fgreid_ops.{op}: expected {arg} to have a non-empty batch, got N=0")

@@ -5,3 +5,17 @@ the package export it (fgreid_ops.ops, fgreid_ops.reference and the ONNX table d
 list). See docs/adding_an_op.md."""
 
 OPS = ("gem", "off", "mask_upsample_mul", "topk_mask", "batch_hard_triplet", "evaluate")
+
+
+def export_ops(package: str, namespace: dict) -> list:
+    """Imports ``<package>.<op>`` for every op of OPS, puts the names of each module's __all__
+    into `namespace` (a package's globals()) and returns them: the package's __all__."""
+    import importlib
+
+    names = []
+    for op in OPS:
+        module = importlib.import_module(f"{package}.{op}")
+        for name in module.__all__:
+            namespace[name] = getattr(module, name)
+            names.append(name)
+    return names

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fgreid_ops
-from fgreid_ops import _backend, _oplist, _registry
+from fgreid_ops import _backend, _oplist, _registry, _triton_support
 
 PACKAGE_DIR = pathlib.Path(fgreid_ops.__file__).parent
 PACKAGE = "fgreid_ops"
@@ -216,3 +216,35 @@ def test_has_cuda_kernels_probes_every_op_with_a_cuda_kernel(monkeypatch):
     assert fgreid_ops.has_cuda_kernels()
     built.discard("fgreid::off_segment")  # a build missing one op's CUDA kernel
     assert not fgreid_ops.has_cuda_kernels()
+
+
+TRITON_WITHOUT_CPP = """
+import sys
+sys.modules["fgreid_ops._C"] = None  # as if the extension had not been built
+import warnings
+warnings.simplefilter("ignore")
+import torch
+import fgreid_ops
+assert not fgreid_ops.has_extension()
+x = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+p = torch.tensor([3.0], dtype=torch.float64, requires_grad=True)
+torch.testing.assert_close(fgreid_ops.gem(x, p, backend="triton"), fgreid_ops.gem(x, p, backend="reference"))
+assert torch.autograd.gradcheck(lambda a: fgreid_ops.gem(a, p, backend="triton"), (x,))
+torch.library.opcheck(torch.ops.fgreid.gem_triton, (x.detach().float(), p.detach().float(), 1e-6))
+f1 = torch.randint(-2, 3, (2, 3, 4, 5)).float()
+out, mask = fgreid_ops.topk_mask(f1, f1, 3, backend="triton")
+assert torch.equal(mask, fgreid_ops.topk_mask(f1, f1, 3, backend="reference")[1])
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not _triton_support.triton_available("cpu"), reason="needs triton and TRITON_INTERPRET=1")
+def test_triton_ops_register_and_run_without_the_cpp_build():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", TRITON_WITHOUT_CPP], capture_output=True, text=True, env=env,
+                            cwd=PACKAGE_DIR.parent, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

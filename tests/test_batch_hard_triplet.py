@@ -409,6 +409,9 @@ def test_bad_input_raises_in_kernel_and_on_meta(message, inputs, error):
     args = (inputs["emb"], inputs["labels"], inputs["ref_emb"], inputs["ref_labels"], "euclidean")
     with pytest.raises((error, RuntimeError), match=_pattern(message)):
         torch.ops.fgreid.batch_hard_triplet_mine(*args)  # the C++ checks, for direct torch.ops callers
+    if fgreid_ops._backend.triton_available("cpu"):
+        with pytest.raises(error, match=_pattern(message)):
+            torch.ops.fgreid.batch_hard_triplet_mine_triton(*args)  # the Triton launcher checks the same
     with pytest.raises((error, RuntimeError), match=_pattern(message)):
         torch.ops.fgreid.batch_hard_triplet_mine(*(a.to("meta") for a in args[:4]), "euclidean")  # the fake
 

@@ -68,6 +68,7 @@ class TestGem(OpTester):
     shapes = [(2, 4, 5, 3), (3, 4, 6, 2)]
     grad_inputs = (0, 1)
     bad_inputs = BAD_INPUTS
+    kernel_checked = -1  # the last is not a tensor
 
     def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
         # some x below eps (gradient 0 there) where the gradient is compared, none near the kink for gradcheck

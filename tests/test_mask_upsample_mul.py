@@ -6,9 +6,11 @@ import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
 import fgreid_ops
+from fgreid_ops.ops.mask_upsample_mul import MASK_UPSAMPLE_MUL
 from fgreid_ops.reference import mask_upsample_mul_reference
 
-from helpers import DTYPES, LAYOUTS, assert_close, kernel_backends, to_layout
+from helpers import LAYOUTS, assert_close, kernel_backends, to_layout
+from op_battery import OpTester
 
 # This op has C++ kernels only (CPU and CUDA); there is no Triton variant.
 BACKENDS = [b for b in kernel_backends() if b.values[0] != "triton"]
@@ -57,20 +59,6 @@ def test_reference_is_interpolate_times_feat():
 # --- kernels vs reference ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
-@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-@pytest.mark.parametrize("size", SIZES, ids=str)
-def test_forward_matches_reference(backend, device, dtype, mode, per_channel, pool, size):
-    H, W, h, w = size
-    feat, mask = make_inputs(2, 3, H, W, h, w, per_channel, dtype, device)
-    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend=backend)
-    assert out.shape == ((2, 3) if pool else (2, 3, H, W)) and out.dtype == dtype and out.is_contiguous()
-    assert_close(out, expected(feat, mask, mode, pool), dtype)
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
 @pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
@@ -106,29 +94,6 @@ def test_upsampled_mask_equals_interpolate_fp32(mode, C, mask_layout, size):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
-@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-@pytest.mark.parametrize("size", SIZES[:2], ids=str)
-def test_backward_matches_reference(backend, device, dtype, mode, per_channel, pool, size):
-    H, W, h, w = size
-    feat, mask = make_inputs(2, 3, H, W, h, w, per_channel, dtype, device)
-    feat.requires_grad_()
-    mask.requires_grad_()
-    grad = torch.randn((2, 3) if pool else (2, 3, H, W), dtype=torch.float64).to(dtype).to(device)
-    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend=backend)
-    gf, gm = torch.autograd.grad(out, (feat, mask), grad)
-
-    fr = feat.detach().double().requires_grad_()
-    mr = mask.detach().double().requires_grad_()
-    gfr, gmr = torch.autograd.grad(mask_upsample_mul_reference(fr, mr, mode, pool), (fr, mr), grad.double())
-    assert gf.dtype == dtype and gm.dtype == dtype and gm.shape == mask.shape
-    assert_close(gf, gfr, dtype, grad=True)
-    assert_close(gm, gmr, dtype, grad=True)
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
 @pytest.mark.parametrize("wrt", ["feat", "mask"])
 def test_gradient_to_one_input(backend, device, per_channel, wrt):
@@ -138,18 +103,6 @@ def test_gradient_to_one_input(backend, device, per_channel, wrt):
     (got,) = torch.autograd.grad(fgreid_ops.mask_upsample_mul(feat, mask, backend=backend).sum(), target)
     (want,) = torch.autograd.grad(mask_upsample_mul_reference(feat, mask).sum(), target)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
-@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-@pytest.mark.parametrize("size", [(4, 3, 3, 2), (3, 4, 5, 6)], ids=["up", "down"])
-def test_gradcheck(backend, device, mode, per_channel, pool, size):
-    feat, mask = make_inputs(2, 2, *size, per_channel, torch.float64, device)
-    fn = lambda f, m: fgreid_ops.mask_upsample_mul(f, m, mode, pool, backend=backend)  # noqa: E731
-    feat = to_layout(feat, "strided" if size[0] == 3 else "contiguous")
-    assert torch.autograd.gradcheck(fn, (feat.requires_grad_(), mask.requires_grad_()))
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
@@ -173,7 +126,7 @@ def test_mask_gradient_is_deterministic(per_channel, pool):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
 @pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-def test_opcheck(backend, device, per_channel, pool):
+def test_opcheck_modes_and_pool(backend, device, per_channel, pool):
     feat, mask = make_inputs(2, 3, 5, 4, 3, 2, per_channel, torch.float32, device)
     op = torch.ops.fgreid.mask_upsample_mul
     torch.library.opcheck(op, (feat, mask, "bilinear", pool))
@@ -185,27 +138,6 @@ def test_opcheck(backend, device, per_channel, pool):
         torch.library.opcheck(backward, (grad, feat, mask, "bilinear", pool, *need))
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-def test_torch_compile_fullgraph(backend, device, pool):
-    torch._dynamo.reset()
-
-    def fn(feat, mask):
-        return fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool, backend=backend)
-
-    compiled = torch.compile(fn, fullgraph=True, dynamic=True)
-    for shape in [(2, 3, 6, 5, 3, 3), (3, 3, 8, 4, 5, 2)]:
-        feat, mask = make_inputs(*shape, False, torch.float32, device)
-        feat.requires_grad_()
-        mask.requires_grad_()
-        out = compiled(feat, mask)
-        torch.testing.assert_close(out, fn(feat, mask))
-        got = torch.autograd.grad(out.sum(), (feat, mask))
-        want = torch.autograd.grad(fn(feat, mask).sum(), (feat, mask))
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b)
-
-
 @given(
     n=st.integers(1, 3), c=st.integers(1, 6), H=st.integers(1, 12), W=st.integers(1, 12),
     h=st.integers(1, 12), w=st.integers(1, 12), per_channel=st.booleans(), mode=st.sampled_from(MODES),
@@ -213,7 +145,7 @@ def test_torch_compile_fullgraph(backend, device, pool):
     layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
 )
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_hypothesis_forward_backward(backend, device, n, c, H, W, h, w, per_channel, mode, pool, dtype, layout, seed):
+def test_hypothesis_sizes_modes_pool(backend, device, n, c, H, W, h, w, per_channel, mode, pool, dtype, layout, seed):
     feat, mask = make_inputs(n, c, H, W, h, w, per_channel, dtype, device, seed=seed)
     feat = to_layout(feat, layout).requires_grad_()
     mask.requires_grad_()
@@ -258,17 +190,9 @@ def _pattern(message):
     return "fgreid_ops.mask_upsample_mul: expected " + re.escape(message)
 
 
-@pytest.mark.parametrize("message,make,error", BAD_INPUTS, ids=[f"{i}:{m[:30]}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
-@pytest.mark.parametrize("backend,device", BACKENDS[:1])
-def test_bad_input_raises_naming_argument(backend, device, message, make, error):
-    feat, mask, mode = make()
-    with pytest.raises(error, match=_pattern(message)):
-        fgreid_ops.mask_upsample_mul(feat, mask, mode, backend=backend)
-
-
 @pytest.mark.parametrize("message,make,error", TENSOR_ONLY, ids=[f"{i}:{m[:30]}" for i, (m, _, _) in enumerate(TENSOR_ONLY)])
 @pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
-def test_bad_input_raises_in_kernel_and_on_meta(message, make, error, pool):
+def test_bad_input_raises_in_kernel_fake_and_backward(message, make, error, pool):
     feat, mask, mode = make()
     with pytest.raises(error, match=_pattern(message)):
         torch.ops.fgreid.mask_upsample_mul(feat, mask, mode, pool)  # the C++ checks
@@ -312,3 +236,50 @@ def test_reference_switch():
     with fgreid_ops.use_reference():
         ref = fgreid_ops.mask_upsample_mul(feat, mask, "nearest", True)
     torch.testing.assert_close(fgreid_ops.mask_upsample_mul(feat, mask, "nearest", True), ref)
+
+
+# --- the generic battery (tests/op_battery.py) ---------------------------------------------------
+
+def _case(mode, per_channel, pool, size):
+    return f"{mode}-{'maskC' if per_channel else 'mask1'}-{'pool' if pool else 'map'}-{'x'.join(map(str, size))}"
+
+
+def _parse(case):
+    mode, mask, pool, size = case.split("-")
+    return mode, mask == "maskC", pool == "pool", tuple(int(v) for v in size.split("x"))
+
+
+CASES = [_case(m, pc, pool, size) for m in MODES for pc in (False, True) for pool in (False, True) for size in SIZES]
+
+
+class TestMaskUpsampleMul(OpTester):
+    op_def = MASK_UPSAMPLE_MUL
+    backends = BACKENDS
+    cases = CASES
+    grad_cases = [c for c in CASES if _parse(c)[3] in SIZES[:2]]
+    shape = (2, 3)  # N, C; H, W, h, w come from the case
+    shapes = [(2, 3, 6, 5, 3, 3), (3, 3, 8, 4, 5, 2)]
+    grad_inputs = (0, 1)
+    bad_inputs = [(m, (lambda make=make: (*make(), False)), e) for m, make, e in BAD_INPUTS]
+    kernel_checked = len(TENSOR_ONLY)  # the rows naming torch.Tensor come last
+
+    def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
+        mode, per_channel, pool, size = _parse(case)
+        if purpose == "gradcheck":  # small: upsampling, or downsampling a strided feat
+            size = (4, 3, 3, 2) if size[0] >= size[2] else (3, 4, 5, 6)
+            shape = (2, 2)
+        if len(shape) == 6:  # the compile shapes: N, C, H, W, h, w
+            shape, size = shape[:2], shape[2:]
+        feat, mask = make_inputs(*shape, *size, per_channel, dtype, device, seed=seed)
+        if purpose == "gradcheck" and size[0] == 3:
+            feat = to_layout(feat, "strided")
+        return feat, mask, mode, pool
+
+    def backward_args(self, args, device):
+        feat, mask, mode, pool = args
+        feat, mask = feat.detach(), mask.detach()
+        grad = torch.rand(tuple(feat.shape[:2]) if pool else tuple(feat.shape), device=device)
+        return [(grad, feat, mask, mode, pool, *need) for need in [(True, True), (True, False), (False, True)]]
+
+    def shape_strategy(self):
+        return st.tuples(st.integers(1, 3), st.integers(1, 6))

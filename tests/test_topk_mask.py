@@ -5,7 +5,10 @@ from hypothesis import given, strategies as st
 import fgreid_ops
 from fgreid_ops.reference import topk_mask_reference
 
+from fgreid_ops.ops.topk_mask import TOPK_MASK
+
 from helpers import DTYPES, LAYOUTS, kernel_backends, to_layout
+from op_battery import OpTester
 
 BACKENDS = kernel_backends()
 
@@ -91,21 +94,6 @@ def test_reference_matches_sum_topk_scatter_mul():
 
 
 # --- kernels vs reference ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS + ["mixed"])
-def test_forward_ties_exact(backend, device, dtype, layout):
-    shape = (2, 3, 9, 11)  # H*W = 99: two blocks of the Triton selection
-    f1, f2 = int_inputs(shape, dtype, device)
-    if layout == "mixed":
-        f1, f2 = to_layout(f1, "channels_last"), to_layout(f2, "strided")
-    else:
-        f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
-    for k in [0, 1, 20, 98, 500]:
-        out, mask = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
-        assert_exact(out, mask, f1, f2, k)
-
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_all_equal_attention_zeroes_first_positions(backend, device):
@@ -194,22 +182,6 @@ def test_nan_and_inf(backend, device, layout):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_backward_matches_reference(backend, device, dtype, layout):
-    f1, f2 = int_inputs((2, 4, 5, 3), dtype, device, seed=5)
-    f1 = to_layout(f1, layout).requires_grad_()
-    f2 = to_layout(f2, layout).requires_grad_()
-    grad = to_layout(torch.randn(2, 4, 5, 3, dtype=torch.float64).to(dtype).to(device), layout)
-    out, mask = fgreid_ops.topk_mask(f1, f2, 4, backend=backend)
-    assert not mask.requires_grad
-    (g2,) = torch.autograd.grad(out, f2, grad)
-    ref_out, ref_mask = topk_mask_reference(f1, f2, 4)
-    (g2_ref,) = torch.autograd.grad(ref_out, f2, grad)
-    assert g2.dtype == dtype and torch.equal(g2, g2_ref) and torch.equal(g2, grad * mask)
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_backward_op_with_any_mask(backend, device, dtype, layout):
     # Direct callers may pass any mask, not only the forward's 0/1 one (-0.0 included).
@@ -237,33 +209,6 @@ def test_f1_receives_no_gradient(backend, device):
     out, _ = fgreid_ops.topk_mask(f1, f2.detach(), 3, backend=backend)
     out.sum().backward()
     assert f1.grad is None
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradcheck(backend, device, layout):
-    f1, f2 = float_inputs((2, 3, 3, 4), torch.float64, device)
-    f1, f2 = to_layout(f1, layout), to_layout(f2, layout).requires_grad_()
-    # the Triton interpreter runs a forward per perturbed element: fast mode (random projections)
-    fast = backend == "triton" and device == "cpu"
-    assert torch.autograd.gradcheck(
-        lambda b: fgreid_ops.topk_mask(f1, b, 5, backend=backend)[0], (f2,), fast_mode=fast
-    )
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_opcheck(backend, device, layout):
-    triton = backend == "triton"
-    op = torch.ops.fgreid.topk_mask_triton if triton else torch.ops.fgreid.topk_mask
-    backward = torch.ops.fgreid.topk_mask_triton_backward if triton else torch.ops.fgreid.topk_mask_backward
-    f1, f2 = int_inputs((2, 3, 4, 5), torch.float32, device)
-    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
-    if layout == "contiguous":
-        torch.library.opcheck(op, (f1, f2, 3))
-    torch.library.opcheck(op, (f1, f2.requires_grad_(), 3))
-    _, mask = op(f1, f2.detach(), 3)
-    torch.library.opcheck(backward, (to_layout(torch.rand(2, 3, 4, 5, device=device), layout), mask))
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -294,28 +239,6 @@ N_KERNEL_CHECKED = 9
 
 def _pattern(op, message):
     return f"fgreid_ops.{op}: expected " + message.replace("[", r"\[").replace("]", r"\]")
-
-
-@pytest.mark.parametrize("message,make,error", BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
-@pytest.mark.parametrize("backend,device", BACKENDS[:2])
-def test_bad_input_raises_naming_argument(backend, device, message, make, error):
-    f1, f2, k = make()
-    with pytest.raises(error, match=_pattern("topk_mask", message)):
-        fgreid_ops.topk_mask(f1, f2, k, backend=backend)
-
-
-@pytest.mark.parametrize("message,make,error", BAD_INPUTS[:N_KERNEL_CHECKED])
-def test_bad_input_raises_in_kernel_and_on_meta(message, make, error):
-    f1, f2, k = make()
-    pattern = _pattern("topk_mask", message)
-    ops = [torch.ops.fgreid.topk_mask]
-    if fgreid_ops._backend.triton_available("cpu"):
-        ops.append(torch.ops.fgreid.topk_mask_triton)
-    for op in ops:
-        with pytest.raises((error, RuntimeError), match=pattern):
-            op(f1, f2, k)  # the C++ checks (the Python ones for Triton), for direct torch.ops callers
-        with pytest.raises((error, RuntimeError), match=pattern):
-            op(f1.to("meta"), f2.to("meta"), k)  # the fake
 
 
 def test_device_mismatch_names_argument():
@@ -361,7 +284,7 @@ def test_reference_switch():
 # --- torch.compile -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_torch_compile_fullgraph(backend, device):
+def test_torch_compile_pooled_branch(backend, device):
     torch._dynamo.reset()
 
     def branch(f1, f2, k):
@@ -390,7 +313,7 @@ def test_torch_compile_fullgraph(backend, device):
     layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16),
 )
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_hypothesis_forward_backward(backend, device, n, c, h, w, k_frac, exact, dtype, layout, seed):
+def test_hypothesis_float_selection(backend, device, n, c, h, w, k_frac, exact, dtype, layout, seed):
     shape = (n, c, h, w)
     f1, f2 = (int_inputs if exact else float_inputs)(shape, dtype, device, seed=seed)
     f1, f2 = to_layout(f1, layout), to_layout(f2, layout).requires_grad_()
@@ -400,3 +323,45 @@ def test_hypothesis_forward_backward(backend, device, n, c, h, w, k_frac, exact,
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
     (g2,) = torch.autograd.grad(out, f2, grad)
     assert torch.equal(g2, grad * mask)
+
+
+# --- the generic battery (tests/op_battery.py) ---------------------------------------------------
+
+class TestTopkMask(OpTester):
+    """Inputs of small integers: channel sums are exact and many positions tie, so every
+    comparison with the reference is exact (the tie rule included)."""
+
+    op_def = TOPK_MASK
+    layouts = LAYOUTS + ["mixed"]
+    cases = ("k0", "k1", "k20", "k98", "k500")
+    grad_cases = ("k1", "k20")
+    shape = (2, 3, 9, 11)  # H*W = 99: two blocks of the Triton selection
+    shapes = [(2, 4, 5, 3), (3, 4, 6, 2)]
+    grad_inputs = (1,)
+    grad_outputs = (0,)
+    bad_inputs = BAD_INPUTS
+    kernel_checked = N_KERNEL_CHECKED
+    gradcheck_fast_triton_interpret = True
+
+    def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
+        make = float_inputs if purpose == "gradcheck" else int_inputs  # gradcheck: no ties to perturb across
+        f1, f2 = make(shape, dtype, device, seed=seed)
+        return f1, f2, int(case[1:])
+
+    def layout_inputs(self, args, layout):
+        f1, f2, k = args
+        if layout == "mixed":
+            return to_layout(f1, "channels_last"), to_layout(f2, "strided"), k
+        return to_layout(f1, layout), to_layout(f2, layout), k
+
+    def assert_close(self, actual, expected, dtype, grad=False):
+        assert actual.dtype == dtype or grad
+        assert torch.equal(actual, expected.to(actual.dtype))
+
+    def backward_args(self, args, device):
+        f1, f2, k = args
+        _, mask = topk_mask_reference(f1.detach(), f2.detach(), k)
+        return [(torch.rand_like(f2.detach()), mask)]  # grad_out in f2's layout
+
+    def shape_strategy(self):
+        return st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9))

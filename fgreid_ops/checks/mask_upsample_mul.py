@@ -13,10 +13,7 @@ def check_inputs(feat, mask, mode, pool=False):
     checks.check_dim(OP, "feat", feat, 4, "(N, C, H, W)")
     checks.check_dim(OP, "mask", mask, 4, "(N, 1 or C, h, w)")
     checks.check_float_dtype(OP, "feat", feat)
-    if mask.dtype != feat.dtype:
-        raise TypeError(
-            f"fgreid_ops.{OP}: expected mask to have the same dtype as feat ({feat.dtype}), got {mask.dtype}"
-        )
+    checks.check_same_dtype(OP, "mask", mask, "feat", feat)
     checks.check_same_device(OP, "mask", mask, "feat", feat)
     checks.check_nonempty_batch(OP, "feat", feat)
     checks.check_nonempty(OP, "feat", feat)

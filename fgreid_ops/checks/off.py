@@ -20,8 +20,7 @@ def check_pair(a, b):
     checks.check_tensor(OP, "b", b)
     checks.check_float_dtype(OP, "b", b)
     checks.check_same_device(OP, "b", b, "a", a)
-    if b.dtype != a.dtype:
-        raise TypeError(f"fgreid_ops.off: expected b to have the same dtype as a ({a.dtype}), got {b.dtype}")
+    checks.check_same_dtype(OP, "b", b, "a", a)
     if b.shape != a.shape:
         raise ValueError(f"fgreid_ops.off: expected b to have the same shape as a ({list(a.shape)}), got {list(b.shape)}")
 

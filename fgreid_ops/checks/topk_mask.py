@@ -32,8 +32,7 @@ def check_inputs(f1, f2, k):
     checks.check_dim(OP, "f1", f1, 4, "(N, C, H, W)")
     checks.check_float_dtype(OP, "f1", f1)
     checks.check_same_device(OP, "f2", f2, "f1", f1)
-    if f2.dtype != f1.dtype:
-        raise TypeError(f"fgreid_ops.topk_mask: expected f2 to have the same dtype as f1 ({f1.dtype}), got {f2.dtype}")
+    checks.check_same_dtype(OP, "f2", f2, "f1", f1)
     if f2.shape != f1.shape:
         raise ValueError(f"fgreid_ops.topk_mask: expected f2 of the same shape as f1 {list(f1.shape)}, got {list(f2.shape)}")
     checks.check_nonempty_batch(OP, "f1", f1)

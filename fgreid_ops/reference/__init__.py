@@ -2,14 +2,6 @@
 op's definition written plainly; every kernel is tested against them. This package exports every
 name of each module's __all__."""
 
-import importlib
+from .._oplist import export_ops
 
-from .._oplist import OPS
-
-__all__ = []
-for _name in OPS:
-    _module = importlib.import_module(f"{__name__}.{_name}")
-    for _symbol in _module.__all__:
-        globals()[_symbol] = getattr(_module, _symbol)
-        __all__.append(_symbol)
-del _name, _module, _symbol
+__all__ = export_ops(__name__, globals())
