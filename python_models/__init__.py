@@ -1,4 +1,4 @@
-"""Thin model definitions over fgreid_ops, next to their papers (SPEC §7).
+"""Thin model definitions over fgreid_ops, next to their papers (docs/models.md).
 
 - ``resnet``: ResNet-50 with torchvision's state_dict keys, last-stride option, 5 level outputs.
 - ``cuhs``: CUHS (Xu et al., ACM TOMM 2023), its losses and ``parameter_report``.

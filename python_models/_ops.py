@@ -1,5 +1,5 @@
 """The one place where python_models reaches the fgreid_ops ops: every model, loss and evaluator
-imports them from here. (While the ops were being written, plain-PyTorch stand-ins from SPEC.md
+imports them from here. (While the ops were being written, plain-PyTorch stand-ins
 sat here; all ops have landed and none is left.)"""
 
 import fgreid_ops

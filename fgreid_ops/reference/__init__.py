@@ -1,4 +1,4 @@
-"""Plain-PyTorch references, written from ../shared/SPEC.md; every kernel is tested against them."""
+"""Plain-PyTorch references, written from docs/ops.md; every kernel is tested against them."""
 
 from .batch_hard_triplet import batch_hard_triplet_reference
 from .evaluate import distance_reference, evaluate_reference, per_query_reference

@@ -1,4 +1,5 @@
-"""Batch-hard triplet mining in Triton (SPEC §5), registered as fgreid::batch_hard_triplet_mine_triton.
+"""Batch-hard triplet mining in Triton (docs/ops.md#batch_hard_triplet), registered as
+fgreid::batch_hard_triplet_mine_triton.
 
 One pass in the flash-attention style: a program holds BLOCK_M anchors and walks its share of
 the references in BLOCK_N tiles; each tile of dot products comes from tl.dot over D in BLOCK_K

@@ -1,4 +1,4 @@
-"""Rank evaluation on GPU (SPEC §6), registered as fgreid::evaluate_triton (whole distance
+"""Rank evaluation on GPU (docs/ops.md#evaluate), registered as fgreid::evaluate_triton (whole distance
 matrix) and fgreid::evaluate_count_triton (one gallery chunk, accumulating).
 
 The hot loop is a Triton kernel: each program takes one query row and a block of gallery

@@ -1,4 +1,4 @@
-// Input checks of the fused localization op (SPEC §3), shared by its CPU and CUDA kernels.
+// Input checks of the fused localization op (docs/ops.md#mask_upsample_mul), shared by its CPU and CUDA kernels.
 #pragma once
 
 #include <string_view>

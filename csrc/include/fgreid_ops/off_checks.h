@@ -1,4 +1,4 @@
-// Input checks and plane geometry of the OFF op (SPEC §2), shared by its CPU and CUDA kernels.
+// Input checks and plane geometry of the OFF op (docs/ops.md#off), shared by its CPU and CUDA kernels.
 //
 // Every kernel walks [B0, B1, C, H, W] planes with per-dimension strides: the leading dims of an
 // input [..., C, H, W] are folded into at most two batch dims, which covers contiguous tensors,
