@@ -11,8 +11,7 @@ the head-shoulder box with the L2 loss (eq. 15) on the images listed in
 skipped and the box is learned end to end (like an STN). The video model uses
 FG_VIDEO_RECIPE. Checkpoints: ``<output>/last.pt`` every epoch (``--resume`` continues from it),
 ``<output>/epoch<N>.pt`` every ``--save-every`` epochs; evaluation every ``--eval-every`` epochs
-and at the end. Beside the checkpoints: ``result.json`` (loss per step, loss terms, every
-evaluation) and ``curves.png`` (python_models.visualize.write_curves).
+and at the end.
 """
 
 import argparse
@@ -37,7 +36,9 @@ from .visualize import write_curves
 EXAMPLES = """example (a few steps on CPU, to try the pipeline):
   fgreid-train --dataset market1501 --root /data/Market-1501-v15.09.15 --output runs/try \\
       --epochs 1 --hsl-epochs 0 --max-steps 5 --device cpu
-  (the same as: python -m python_models.train --dataset market1501 ...)"""
+  (the same as: python -m python_models.train --dataset market1501 ...)
+Beside the checkpoints: result.json (loss per step and its terms, every evaluation) and
+curves.png (loss terms per step, metrics per evaluation)."""
 
 
 def parse_args(argv=None) -> dict:
