@@ -92,3 +92,19 @@ def test_curves_png(tmp_path):
     # a run without evaluations still writes the figure
     result["evaluations"] = []
     assert Image.open(visualize.write_curves(result, str(tmp_path / "c2.png"))).size == (1200, 450)
+
+
+def test_rank_visualizer_fgpr_with_per_stream_features(images, tmp_path):
+    # two groups, two cameras each; the video model's features are a dict per stream (eq. 4 distance)
+    frames = {(p, c): [images(p, c, i).path for i in range(3)] for p in range(1, 5) for c in range(4)}
+    tracklets = [Tracklet(frames[(p, c)], p, c, "ab"[p > 2]) for p in range(1, 5)
+                 for c in ((0, 1) if p <= 2 else (2, 3))]
+    feats = {"global": torch.randn(len(tracklets), 3), "motion": torch.randn(len(tracklets), 2)}
+    data = ReidData("fgpr", str(tmp_path), [], tracklets, tracklets)
+    visualize.rank_visualizer(data, str(tmp_path / "v"), topk=10)(feats, feats)
+    index = json.load(open(tmp_path / "v" / "ranks.json"))
+    probes, gallery = visualize.fgpr_split(tracklets)
+    assert [e["query"] for e in index] == [tracklets[i].frames[1] for i in probes]
+    for e in index:  # every gallery tracklet of another camera, ranked by the eq. 4 distance
+        assert sorted(e["gallery"]) == sorted(tracklets[j].frames[1] for j in gallery)
+        assert e["distance"] == sorted(e["distance"]) and sum(e["match"]) == 1
