@@ -54,7 +54,10 @@ def extension():
 
 
 setup(
-    packages=find_packages(include=["fgreid_ops", "fgreid_ops.*", "python_models"]),
+    # bench/ is scripts, not a package: it ships as fgreid_ops._bench for the fgreid-bench command.
+    packages=find_packages(include=["fgreid_ops", "fgreid_ops.*", "python_models", "deploy"])
+    + ["fgreid_ops._bench", "fgreid_ops._bench.cases"],
+    package_dir={"fgreid_ops._bench": "bench"},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

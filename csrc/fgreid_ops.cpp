@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fgreid, m) {
-  // GeM pooling (SPEC §1). grad_p_rows is dL/dp per (n, c) row, reduced to p's shape in Python.
+  // GeM pooling (docs/ops.md#gem). grad_p_rows is dL/dp per (n, c) row, reduced to p's shape in Python.
   // The backward recomputes the row means from x in float32 rather than reading the forward
   // output, which is rounded to x's dtype: with half inputs that rounding cost ~1% in grad_p.
   m.def("gem(Tensor x, Tensor p, float eps) -> Tensor");
@@ -13,20 +13,20 @@ TORCH_LIBRARY(fgreid, m) {
       "gem_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
 
-  // Fused localization (SPEC §3): feat * F.interpolate(mask, (H, W), mode, align_corners=False),
+  // Fused localization (docs/ops.md#mask_upsample_mul): feat * F.interpolate(mask, (H, W), mode, align_corners=False),
   // or its mean over H x W with pool. Unrequested gradients come back as empty tensors.
   m.def("mask_upsample_mul(Tensor feat, Tensor mask, str mode, bool pool) -> Tensor");
   m.def(
       "mask_upsample_mul_backward(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool,"
       " bool need_grad_feat, bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)");
-  // OFF (SPEC §2). off: a, b [..., C, H, W] -> [..., 3C, H, W] = [Sx(a), Sy(a), b - a];
+  // OFF (docs/ops.md#off). off: a, b [..., C, H, W] -> [..., 3C, H, W] = [Sx(a), Sy(a), b - a];
   // off_backward returns grad_a only (grad_b is a view of grad_out). off_segment: x [N, T, C, H, W]
   // -> off(x[:, :-stride], x[:, stride:]); its backward writes grad_x [N, T, C, H, W] in one pass.
   m.def("off(Tensor a, Tensor b) -> Tensor");
   m.def("off_backward(Tensor grad_out) -> Tensor");
   m.def("off_segment(Tensor x, int stride) -> Tensor");
   m.def("off_segment_backward(Tensor grad_out, int stride) -> Tensor");
-  // Rank evaluation (SPEC §6). `evaluate` takes the whole distance matrix; a streamed evaluation
+  // Rank evaluation (docs/ops.md#evaluate). `evaluate` takes the whole distance matrix; a streamed evaluation
   // calls evaluate_matches once, evaluate_count per gallery chunk (accumulating into counts) and
   // evaluate_finalize. Per query: first_hit is the 1-based rank of the first match (-1 when the
   // query has no match and is skipped), ap its average precision, inp its inverse negative
@@ -43,11 +43,11 @@ TORCH_LIBRARY(fgreid, m) {
   m.def(
       "evaluate_finalize(Tensor match_offsets, Tensor match_index, Tensor match_dist,"
       " Tensor counts) -> (Tensor first_hit, Tensor ap, Tensor inp)");
-  // Top-k attention exploration (SPEC §4, CUHS eq. 5-6). mask is [N, 1, H, W] in f2's dtype;
+  // Top-k attention exploration (docs/ops.md#topk_mask, CUHS eq. 5-6). mask is [N, 1, H, W] in f2's dtype;
   // the backward is grad_f2 = grad_out * mask (f1 gets no gradient).
   m.def("topk_mask(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
   m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
-  // Batch-hard triplet mining (SPEC §5): for each anchor row of emb, the index into ref_emb of
+  // Batch-hard triplet mining (docs/ops.md#batch_hard_triplet): for each anchor row of emb, the index into ref_emb of
   // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
   // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.
   // distance is "euclidean", "sqeuclidean" or "cosine" (= 1 - a.b: the caller L2-normalizes the

@@ -1,4 +1,4 @@
-"""Video protocols over the rank-evaluation core (SPEC §6): MARS and FGPR (Yin et al., IJCV 2020).
+"""Video protocols over the rank-evaluation core (docs/ops.md#evaluate): MARS and FGPR (Yin et al., IJCV 2020).
 
 Both rank tracklets: a tracklet's feature is the mean of its frames' features
 (`tracklet_features`), then the Market-1501 protocol of `fgreid_ops.evaluate_features` applies.

@@ -1,4 +1,4 @@
-"""ONNX export of models that use fgreid_ops (SPEC §8).
+"""ONNX export of models that use fgreid_ops (docs/export.md).
 
 Every op is lowered to standard ONNX operators (the default domain only: no custom nodes, no
 TensorRT plugins) by an onnxscript function registered for ``torch.onnx.export(..., dynamo=True)``
@@ -112,7 +112,7 @@ def _sobel_weight(op, kernel, channels: int, like):
 def off_onnx(a, b):
     """OFF: ``Concat(Sx(a), Sy(a), b − a)`` on the channel axis of [..., C, H, W] inputs.
 
-    Sx, Sy are depthwise Convs (group = C, pad 1) with the Sobel kernels of SPEC §2; the leading
+    Sx, Sy are depthwise Convs (group = C, pad 1) with the Sobel kernels of docs/ops.md#off; the leading
     dims are folded into one batch dim for the Conv and restored after."""
     return _off(_op(), a, b, _static_channels(a))
 

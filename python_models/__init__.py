@@ -1,4 +1,4 @@
-"""Thin model definitions over fgreid_ops, next to their papers (SPEC §7).
+"""Thin model definitions over fgreid_ops, next to their papers (docs/models.md).
 
 - ``resnet``: ResNet-50 with torchvision's state_dict keys, last-stride option, 5 level outputs.
 - ``cuhs``: CUHS (Xu et al., ACM TOMM 2023), its losses and ``parameter_report``.
@@ -8,6 +8,6 @@
 - ``python -m python_models.train`` / ``python -m python_models.evaluate``: training with
   CUHS's recipe by default, checkpoints, and evaluation with each dataset's protocol.
 
-Every op is reached through ``python_models._ops``; ``with fgreid_ops.use_reference():`` runs a
+Models call the public ``fgreid_ops`` functions; ``with fgreid_ops.use_reference():`` runs a
 model on the plain-PyTorch references instead of the kernels.
 """

@@ -1,4 +1,4 @@
-"""CUHS — Color-Unrelated Head-Shoulder network (Xu et al., ACM TOMM 2023), SPEC §7.
+"""CUHS — Color-Unrelated Head-Shoulder network (Xu et al., ACM TOMM 2023), docs/models.md.
 
     input 384×128 ─ base: ResNet-50 conv1 … layer3[0] (res_conv4_1), shared
         ├─ BN stream:  layer3[1:] + layer4 (BN)  → F_BN → GAP → 1×1 conv            → f_BN

@@ -26,6 +26,10 @@ from .datasets import ImageDataset, SegmentDataset, load_dataset
 from .fg_video import FGVideoNet, fg_distance
 from .transforms import ImageTransform, SegmentTransform
 
+EXAMPLES = """example:
+  fgreid-evaluate --checkpoint runs/cuhs-market/last.pt --json metrics.json --visualize-ranks runs/cuhs-market/ranks
+  (the same as: python -m python_models.evaluate --checkpoint ...)"""
+
 try:
     from tqdm import tqdm
 except ImportError:  # progress bars are a nicety
@@ -143,21 +147,28 @@ def fgpr_protocol(feats, tracklets) -> dict:
     return {"all": both_ways(groups), **{g: both_ways([g]) for g in groups}}
 
 
-def evaluate_model(model, data, cfg, device, batch_size=None, workers=4) -> dict:
-    """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group)."""
+def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_features=None) -> dict:
+    """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group).
+    `on_features(q_feats, g_feats)`, when given, also gets the features (FGPR: all tracklets twice)."""
     if data.name in ("mars", "fgpr"):
         bs = batch_size or 8
         feats = tracklet_features(model, data.query if data.name == "fgpr" else data.query + data.gallery,
                                   cfg, device, bs, workers)
         if data.name == "fgpr":
+            if on_features is not None:
+                on_features(feats, feats)
             return fgpr_protocol(feats, data.query)
         nq = len(data.query)
         q = _take(feats, range(nq))
         g = _take(feats, range(nq, nq + len(data.gallery)))
+        if on_features is not None:
+            on_features(q, g)
         return market_protocol(q, g, data.query, data.gallery)
     bs = batch_size or 128
     q = image_features(model, data.query, cfg, device, bs, workers)
     g = image_features(model, data.gallery, cfg, device, bs, workers)
+    if on_features is not None:
+        on_features(q, g)
     return market_protocol(q, g, data.query, data.gallery)
 
 
@@ -175,7 +186,8 @@ def load_checkpoint(path, device="cpu"):
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=EXAMPLES)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by python_models.train")
     parser.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
     parser.add_argument("--root", default=None, help="default: the checkpoint's dataset root")
@@ -185,6 +197,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reference", action="store_true", help="run every op through its plain-PyTorch reference")
     parser.add_argument("--json", default=None, help="also write the metrics to this file")
+    parser.add_argument("--visualize-ranks", metavar="DIR", default=None,
+                        help="write per query a PNG of its top-10 gallery items (green: match, red: not) into DIR")
+    parser.add_argument("--num-queries", type=int, default=None, metavar="N",
+                        help="with --visualize-ranks: only the first N queries (default: all)")
     args = parser.parse_args(argv)
 
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
@@ -193,8 +209,13 @@ def main(argv=None) -> dict:
     split = args.split if args.split is not None else cfg.get("split", 0)
     data = load_dataset(name, root, split=split)
     print(data.summary(), file=sys.stderr)
+    on_features = None
+    if args.visualize_ranks:
+        from .visualize import rank_visualizer
+
+        on_features = rank_visualizer(data, args.visualize_ranks, args.num_queries)
     with fgreid_ops.use_reference(args.reference):
-        metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers)
+        metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers, on_features)
     print(f"{name}: " + format_metrics(metrics))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,4 +1,4 @@
-"""The fine-grained video re-id network of Yin, Wu and Zheng (IJCV 2020), SPEC §7.
+"""The fine-grained video re-id network of Yin, Wu and Zheng (IJCV 2020), docs/models.md.
 
 Input: segments x [N, T, 3, H, W] (T = 10 frames at 224×224 in the paper) and, for the
 joint-specific stream, keypoints [N, T, 16, 2] — (x, y) in [0, 1] image coordinates, a negative

@@ -31,10 +31,19 @@ from .datasets import ImageDataset, PKSampler, SegmentDataset, load_dataset
 from .evaluate import evaluate_model, format_metrics, tqdm
 from .fg_video import fg_video_loss
 from .transforms import ImageTransform, SegmentTransform
+from .visualize import write_curves
+
+EXAMPLES = """example (a few steps on CPU, to try the pipeline):
+  fgreid-train --dataset market1501 --root /data/Market-1501-v15.09.15 --output runs/try \\
+      --epochs 1 --hsl-epochs 0 --max-steps 5 --device cpu
+  (the same as: python -m python_models.train --dataset market1501 ...)
+Beside the checkpoints: result.json (loss per step and its terms, every evaluation) and
+curves.png (loss terms per step, metrics per evaluation)."""
 
 
 def parse_args(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=EXAMPLES)
     parser.add_argument("--dataset", required=True, choices=["market1501", "dukemtmc", "msmt17", "mars", "fgpr"])
     parser.add_argument("--root", required=True, help="dataset folder (see python_models.datasets for layouts)")
     parser.add_argument("--output", default="runs/model", help="checkpoint folder")
@@ -93,8 +102,9 @@ def save(path, model, cfg, num_classes, **state):
     os.replace(tmp, path)
 
 
-def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history):
-    """One pass over `loader`; appends each step's loss to `history`; returns steps done."""
+def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history, terms=None):
+    """One pass over `loader`; appends each step's loss to `history` (and its terms to `terms`);
+    returns steps done."""
     model.train()
     device = cfg["device"]
     bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, file=sys.stderr)
@@ -119,6 +129,8 @@ def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history)
         optimizer.step()
         loss = loss.detach()
         history.append(float(loss))
+        if terms is not None:
+            terms.append({k: float(v) for k, v in (parts or {"box L2": loss}).items()})
         steps += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{float(v):.3f}" for k, v in parts.items()})
@@ -155,6 +167,8 @@ def main(argv=None) -> dict:
         print(f"resumed from {last}: stage {state['stage']}, epoch {state['epoch']}", file=sys.stderr)
 
     history = {"hsl": [], "main": []}
+    loss_terms = {"hsl": [], "main": []}
+    evaluations = []
     metrics = None
     with fgreid_ops.use_reference(cfg["reference"]):
         # Stage 1 (CUHS): the head-shoulder box alone, on the images that have a box.
@@ -166,7 +180,7 @@ def main(argv=None) -> dict:
                 if ckpt is not None and "optimizer" in ckpt:
                     opt.load_state_dict(ckpt["optimizer"])
                 for epoch in range(state["epoch"], cfg["hsl_epochs"]):
-                    run_epoch(runner, loader, opt, cfg, "hsl", epoch, cfg["max_steps"], history["hsl"])
+                    run_epoch(runner, loader, opt, cfg, "hsl", epoch, cfg["max_steps"], history["hsl"], loss_terms["hsl"])
                     save(last, model, cfg, num_classes, stage="hsl", epoch=epoch + 1, optimizer=opt.state_dict())
             elif isinstance(model, CUHS) and cfg["hsl_epochs"] > 0:
                 print("no head_shoulder_boxes.txt (or too few boxed identities): HSL stage skipped, "
@@ -186,7 +200,7 @@ def main(argv=None) -> dict:
         for epoch in range(state["epoch"], cfg["epochs"]):
             start = time.time()
             before = len(history["main"])
-            run_epoch(runner, loader, opt, cfg, "train", epoch, cfg["max_steps"], history["main"])
+            run_epoch(runner, loader, opt, cfg, "train", epoch, cfg["max_steps"], history["main"], loss_terms["main"])
             sched.step()
             recent = history["main"][before:]
             print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {sum(recent) / max(1, len(recent)):.4f}, "
@@ -198,10 +212,13 @@ def main(argv=None) -> dict:
             final = epoch + 1 == cfg["epochs"]
             if not cfg["no_eval"] and (final or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)):
                 metrics = evaluate_model(model, data, cfg, cfg["device"], workers=cfg["workers"])
+                evaluations.append({"epoch": epoch + 1, "step": len(history["main"]), "metrics": metrics})
                 print(f"epoch {epoch + 1} {data.name}: " + format_metrics(metrics), file=sys.stderr)
-    result = {"history": history, "metrics": metrics, "checkpoint": last}
+    result = {"history": history, "loss_terms": loss_terms, "evaluations": evaluations, "metrics": metrics,
+              "checkpoint": last}
     with open(os.path.join(cfg["output"], "result.json"), "w") as f:
         json.dump(result, f, indent=1)
+    write_curves(result, os.path.join(cfg["output"], "curves.png"))
     return result
 
 

@@ -23,7 +23,7 @@ def rand(shape, dtype=torch.float32, device="cpu", seed=0):
 
 
 def naive_off(a, b):
-    """SPEC §2 by loops: cross-correlation with Kx, Ky, zero padding 1, then b - a (a, b [C, H, W])."""
+    """docs/ops.md#off by loops: cross-correlation with Kx, Ky, zero padding 1, then b - a (a, b [C, H, W])."""
     C, H, W = a.shape
     out = torch.zeros(3 * C, H, W, dtype=torch.float64)
     for c in range(C):

@@ -1,4 +1,4 @@
-"""ONNX export (SPEC §8): every op's lowering against the op itself in onnxruntime, at batch sizes
+"""ONNX export (docs/export.md): every op's lowering against the op itself in onnxruntime, at batch sizes
 other than the export batch; only standard-domain nodes; float16 graphs; both models."""
 
 import pytest

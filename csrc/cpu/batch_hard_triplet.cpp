@@ -1,4 +1,4 @@
-// Batch-hard triplet mining on CPU (SPEC §5). For every anchor a_i and reference b_j the key is
+// Batch-hard triplet mining on CPU (docs/ops.md#batch_hard_triplet). For every anchor a_i and reference b_j the key is
 //   euclidean:   max(|a|^2 + |b|^2 - 2 a.b, 1e-12)   (monotone in the distance: no sqrt needed)
 //   sqeuclidean: max(|a|^2 + |b|^2 - 2 a.b, 0)
 //   cosine:      1 - a.b                            (rows L2-normalized by the caller)

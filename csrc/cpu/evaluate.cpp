@@ -1,4 +1,4 @@
-// Rank evaluation on CPU (SPEC §6): CMC / AP / INP per query without sorting any row.
+// Rank evaluation on CPU (docs/ops.md#evaluate): CMC / AP / INP per query without sorting any row.
 //
 // Gallery item j is *kept* for query i unless it has the query's pid and camera, or the junk pid.
 // The kept items with the query's pid are the query's matches. Ranking is by ascending distance,

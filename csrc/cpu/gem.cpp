@@ -1,4 +1,4 @@
-// GeM pooling on CPU (SPEC §1): y[n,c] = (mean_hw max(x, eps)^p_c)^(1/p_c).
+// GeM pooling on CPU (docs/ops.md#gem): y[n,c] = (mean_hw max(x, eps)^p_c)^(1/p_c).
 // NCHW rows are reduced one (n, c) row per task; channels_last input is reduced in place,
 // vectorizing over channels, so neither layout is copied. Sums run over blocks of kSumBlock
 // positions, combined pairwise, so a long row keeps float32 accuracy.

@@ -1,4 +1,4 @@
-// Fused localization on CPU (SPEC §3): out = feat * up(mask), up = F.interpolate(mask, (H, W),
+// Fused localization on CPU (docs/ops.md#mask_upsample_mul): out = feat * up(mask), up = F.interpolate(mask, (H, W),
 // mode, align_corners=False), or its spatial mean with pool=True, without materializing up(mask).
 //
 // The resize is separable and the kernels follow ATen's order of operations: each needed source

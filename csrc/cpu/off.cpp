@@ -1,4 +1,4 @@
-// OFF on CPU (SPEC §2): out = [Sx(a), Sy(a), b - a] with 3x3 Sobel cross-correlation, zero padding.
+// OFF on CPU (docs/ops.md#off): out = [Sx(a), Sy(a), b - a] with 3x3 Sobel cross-correlation, zero padding.
 //
 // One task handles a range of (n, t, c) planes. A plane is processed in bands of rows: the band
 // plus one halo row above and below is loaded (converted to float, zero rows outside the plane)

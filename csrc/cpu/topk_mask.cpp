@@ -1,4 +1,4 @@
-// Top-k attention exploration on CPU (SPEC §4, CUHS eq. 5-6).
+// Top-k attention exploration on CPU (docs/ops.md#topk_mask, CUHS eq. 5-6).
 //   1. A[n, hw] = sum_c f1[n, c, hw] in float32 (float64 for double): fixed chunks of channels
 //      are summed in parallel into partial rows, then the partials are added pairwise in a fixed
 //      tree, so the result depends neither on the thread count nor on the vector width, and a

@@ -1,4 +1,4 @@
-// GeM pooling on CUDA (SPEC §1). One warp per (n, c) row: lanes stride over H*W, fp32 (fp64
+// GeM pooling on CUDA (docs/ops.md#gem). One warp per (n, c) row: lanes stride over H*W, fp32 (fp64
 // for double) accumulation over blocks of kLaneBlock steps, the blocks combined pairwise (a long
 // row keeps float32 accuracy), then a warp-shuffle reduction; the backward writes grad_x and reduces
 // sum(t log x) for grad_p in one more pass over the (cached) row. Input is made contiguous NCHW first.

@@ -1,4 +1,4 @@
-// Fused localization on CUDA (SPEC §3): out = feat * up(mask) or its mean over H x W, where up is
+// Fused localization on CUDA (docs/ops.md#mask_upsample_mul): out = feat * up(mask) or its mean over H x W, where up is
 // F.interpolate(mask, (H, W), mode, align_corners=False) evaluated per output pixel from the
 // (small, cached) mask with ATen's source indices and weights: the upsampled mask is never stored.
 //

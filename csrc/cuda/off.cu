@@ -1,4 +1,4 @@
-// OFF on CUDA (SPEC §2): out = [Sx(a), Sy(a), b - a] with 3x3 Sobel cross-correlation, zero padding.
+// OFF on CUDA (docs/ops.md#off): out = [Sx(a), Sy(a), b - a] with 3x3 Sobel cross-correlation, zero padding.
 //
 // Each block loads a tile of one plane plus a one-pixel halo into shared memory (converted to
 // float, zeros outside the plane) and computes the tile from there, so every input element is

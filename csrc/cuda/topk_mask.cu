@@ -1,4 +1,4 @@
-// Top-k attention exploration on CUDA (SPEC §4, CUHS eq. 5-6). Three launches:
+// Top-k attention exploration on CUDA (docs/ops.md#topk_mask, CUHS eq. 5-6). Three launches:
 //   1. partial channel sums of f1: one thread per (n, chunk of 64 channels, hw) for NCHW
 //      (coalesced over hw), one warp per (n, hw) for channels_last (coalesced over c). No
 //      atomics, so A is the same on every run.

@@ -1,5 +1,5 @@
 // C++ unit test of the CPU GeM kernel, called through the dispatcher like a C++ consumer would,
-// against the ATen formula of SPEC §1, in both layouts, plus an input-check error.
+// against the ATen formula of docs/ops.md#gem, in both layouts, plus an input-check error.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 

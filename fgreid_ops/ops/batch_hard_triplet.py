@@ -1,4 +1,5 @@
-"""Batch-hard triplet loss (SPEC §5): the public function, the fakes and autograd of the mining op.
+"""Batch-hard triplet loss (docs/ops.md#batch_hard_triplet): the public function, the fakes and
+autograd of the mining op.
 
 The registered op fgreid::batch_hard_triplet_mine (CPU C++) / _mine_triton (Triton) streams the
 references, finds each anchor's hardest positive and negative and returns their distances and
@@ -41,7 +42,7 @@ def batch_hard_triplet(
     first (x / max(|x|, 1e-12), as F.normalize). reduction: "mean" (over all B anchors, as
     fast-reid), "sum" or "none" ([B]).
 
-    Choices SPEC leaves open: an anchor without a negative, or (with a separate reference set)
+    Choices docs/ops.md leaves open: an anchor without a negative, or (with a separate reference set)
     without a positive, contributes 0 and gets index -1. Ties go to the lower reference index.
     A NaN distance wins the search, so NaN embeddings give a NaN loss, as in the dense version.
     The search compares |a|² + |b|² − 2a·b with float32 accumulation (float64 for float64

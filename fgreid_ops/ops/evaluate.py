@@ -1,4 +1,4 @@
-"""Rank evaluation (SPEC §6): CMC, mAP and mINP from a distance matrix (`evaluate`) or from
+"""Rank evaluation (docs/ops.md#evaluate): CMC, mAP and mINP from a distance matrix (`evaluate`) or from
 features, streaming the gallery in chunks (`evaluate_features`). Fakes of the fgreid::evaluate*
 ops live here too. There are no gradients: inputs are detached.
 

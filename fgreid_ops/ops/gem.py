@@ -1,4 +1,4 @@
-"""GeM pooling (SPEC §1): the public function, its fakes and its autograd."""
+"""GeM pooling (docs/ops.md#gem): the public function, its fakes and its autograd."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Fused localization (SPEC §3): the public function, its fakes and its autograd."""
+"""Fused localization (docs/ops.md#mask_upsample_mul): the public function, its fakes and its autograd."""
 
 import torch
 

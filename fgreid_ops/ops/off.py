@@ -1,4 +1,4 @@
-"""OFF, the optical-flow-guided feature (SPEC §2): the public function, its fakes and its autograd."""
+"""OFF, the optical-flow-guided feature (docs/ops.md#off): the public function, its fakes and its autograd."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Top-k attention exploration (SPEC §4, CUHS eq. 5-6): the public function, its fakes and its
+"""Top-k attention exploration (docs/ops.md#topk_mask, CUHS eq. 5-6): the public function, its fakes and its
 autograd."""
 
 import torch

@@ -23,7 +23,7 @@ def batch_hard_triplet_reference(
     reduction: str = "mean",
     return_indices: bool = False,
 ):
-    """Batch-hard triplet loss (SPEC §5) from the full B×M distance matrix, in float32 for
+    """Batch-hard triplet loss (docs/ops.md#batch_hard_triplet) from the full B×M distance matrix, in float32 for
     half/bfloat16 input (float64 stays float64); the loss is returned in emb's dtype.
 
     dist = sqrt(clamp(|a|² + |b|² − 2a·b, min=1e-12)) ("euclidean"), clamp(…, min=0)

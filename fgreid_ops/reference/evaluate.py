@@ -1,4 +1,4 @@
-"""Rank evaluation (SPEC §6) in plain PyTorch: sorts every row of the full distance matrix.
+"""Rank evaluation (docs/ops.md#evaluate) in plain PyTorch: sorts every row of the full distance matrix.
 
 Memory is several Q x G tensors: use it to check the kernels, not on MSMT17-size data."""
 
@@ -60,7 +60,7 @@ def summarize(first_hit, ap, inp, max_rank: int):
 
 
 def evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, junk_pid=None):
-    """(cmc, mAP, mINP, num_skipped, ap) as fgreid_ops.evaluate computes them (SPEC §6)."""
+    """(cmc, mAP, mINP, num_skipped, ap) as fgreid_ops.evaluate computes them (docs/ops.md#evaluate)."""
     first_hit, ap, inp = per_query_reference(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid)
     return (*summarize(first_hit, ap, inp, max_rank), ap)
 

@@ -6,7 +6,7 @@ MODES = ("bilinear", "nearest")
 
 def mask_upsample_mul_reference(feat: torch.Tensor, mask: torch.Tensor, mode: str = "bilinear",
                                 pool: bool = False) -> torch.Tensor:
-    """Fused localization (SPEC §3, Yin et al. eq. 3): out = feat * up(mask) with
+    """Fused localization (docs/ops.md#mask_upsample_mul, Yin et al. eq. 3): out = feat * up(mask) with
     up = F.interpolate(mask, size=(H, W), mode=mode, align_corners=False) ("nearest" is the legacy
     nearest mode, which takes no align_corners), broadcast over channels for a [N, 1, h, w] mask.
     pool=True returns the mean over H×W, [N, C]. Computed in float32 for half/bfloat16 (float64

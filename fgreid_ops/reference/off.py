@@ -6,7 +6,7 @@ SOBEL_Y = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
 
 
 def off_reference(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int | None = None) -> torch.Tensor:
-    """Optical-flow-guided feature (SPEC §2): ``cat([Sx(a), Sy(a), b - a], dim=-3)`` for a, b of
+    """Optical-flow-guided feature (docs/ops.md#off): ``cat([Sx(a), Sy(a), b - a], dim=-3)`` for a, b of
     shape [..., C, H, W], with Sx, Sy the depthwise 3x3 Sobel filters applied as F.conv2d
     (cross-correlation, zero padding 1). ``off_reference(x, stride=d)`` on x [N, T, C, H, W] is
     ``off_reference(x[:, :-d], x[:, d:])``. Computed in float32 for half/bfloat16 (float64 stays

@@ -2,7 +2,7 @@ import torch
 
 
 def topk_mask_reference(f1: torch.Tensor, f2: torch.Tensor, k: int):
-    """Top-k attention exploration (SPEC §4, CUHS eq. 5-6), in plain PyTorch.
+    """Top-k attention exploration (docs/ops.md#topk_mask, CUHS eq. 5-6), in plain PyTorch.
 
     A[n] = sum_c f1[n, c] (float32 accumulation; float64 for float64 input). mask[n] is 1
     everywhere except 0 at the k positions of largest A[n]; ties go to the lower flat index

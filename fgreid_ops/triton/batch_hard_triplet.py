@@ -1,4 +1,4 @@
-"""Batch-hard triplet mining in Triton (SPEC §5): the launchers of fgreid::batch_hard_triplet_mine_triton
+"""Batch-hard triplet mining in Triton (docs/ops.md#batch_hard_triplet): the launchers of fgreid::batch_hard_triplet_mine_triton
 and its backward.
 
 One pass in the flash-attention style: a program holds BLOCK_M anchors and walks its share of

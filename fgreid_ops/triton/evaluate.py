@@ -1,4 +1,4 @@
-"""Rank evaluation on GPU (SPEC §6): the launchers of fgreid::evaluate_triton (whole distance
+"""Rank evaluation on GPU (docs/ops.md#evaluate): the launchers of fgreid::evaluate_triton (whole distance
 matrix), fgreid::evaluate_count_triton (one gallery chunk, accumulating) and of the streamed
 path's evaluate_matches_triton / evaluate_finalize_triton.
 

@@ -1,4 +1,4 @@
-"""GeM pooling in Triton (SPEC §1): the launchers of fgreid::gem_triton / gem_triton_backward.
+"""GeM pooling in Triton (docs/ops.md#gem): the launchers of fgreid::gem_triton / gem_triton_backward.
 
 Each program reduces BLOCK_R rows (n, c) over H*W in BLOCK_HW chunks. Addresses come from the
 input's own strides, so channels_last and sliced views are read in place without a copy. Each lane

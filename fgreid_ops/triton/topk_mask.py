@@ -1,4 +1,4 @@
-"""Top-k attention exploration in Triton (SPEC §4): the launchers of fgreid::topk_mask_triton /
+"""Top-k attention exploration in Triton (docs/ops.md#topk_mask): the launchers of fgreid::topk_mask_triton /
 topk_mask_triton_backward.
 
 Three launches: partial channel sums of f1 over fixed chunks of channels (no atomics, so the

@@ -1,4 +1,4 @@
-// Input checks of the rank-evaluation ops (SPEC §6), shared by the CPU kernels and any GPU
+// Input checks of the rank-evaluation ops (docs/ops.md#evaluate), shared by the CPU kernels and any GPU
 // kernel. The match lists (offsets, index, dist, counts) are checked down to the offset values,
 // which the kernels use as array indices: a direct torch.ops caller cannot make them read or
 // write out of bounds.

@@ -1,4 +1,4 @@
-// Input checks and output allocation of the fused localization op (SPEC §3), shared by its CPU
+// Input checks and output allocation of the fused localization op (docs/ops.md#mask_upsample_mul), shared by its CPU
 // and CUDA kernels.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Input checks, plane geometry and registration of the OFF ops (SPEC §2), shared by the CPU and
+// Input checks, plane geometry and registration of the OFF ops (docs/ops.md#off), shared by the CPU and
 // CUDA kernels: a backend supplies two launchers, run_forward(OffForwardGeometry) and
 // run_backward(OffBackwardGeometry), and registers them with register_off_kernels.
 //

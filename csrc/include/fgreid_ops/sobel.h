@@ -1,4 +1,4 @@
-// The Sobel filters of OFF (SPEC §2), shared by the CPU and CUDA kernels:
+// The Sobel filters of OFF (docs/ops.md#off), shared by the CPU and CUDA kernels:
 //   Kx = [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]],  Ky = Kx transposed,
 // applied as a cross-correlation to a 3x3 window (u = row above, m = middle row, d = row below;
 // l, c, r = columns), with taps outside the plane already read as 0 (zero padding). The zero
