@@ -391,15 +391,26 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return grad_x.to(grad.dtype), grad_w, grad_b, None, None, None, None, None
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch.nn.SyncBatchNorm that also synchronizes CPU tensors (over gloo): in training mode
-    with more than one rank, CPU inputs get the statistics of all ranks' rows; everything else
-    (CUDA tensors, eval mode, one process) is torch.nn.SyncBatchNorm's own forward. Every rank
-    must run the layer (a collective) with the same channels and dtype."""
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of all ranks' rows together, for CPU
+    tensors over gloo as well (torch.nn.SyncBatchNorm, and DistributedDataParallel around it,
+    accept only GPU modules; on CUDA prefer torch's, which has fused kernels). Eval mode, or one
+    process, is plain batch norm. Every rank must run the layer in training mode (a collective)
+    with the same channels and dtype; the state_dict is torch.nn.BatchNorm's."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"fgreid_ops.distributed.SyncBatchNorm: expected input to be at least 2-D (N, C, ...), "
+                             f"got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         group = self.process_group
-        if not (self.training and input.device.type == "cpu" and world_size(group) > 1):
+        if not (self.training and world_size(group) > 1):
             return super().forward(input)
         fields, error = {}, None
         try:
@@ -428,13 +439,23 @@ class SyncBatchNorm(nn.SyncBatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
-    """torch.nn.SyncBatchNorm.convert_sync_batchnorm with this module's SyncBatchNorm (which
-    also synchronizes CPU tensors); returns the converted module (a new one if `module` itself
-    is a batch norm layer)."""
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
-    for m in module.modules():
-        if type(m) is nn.SyncBatchNorm:
-            m.__class__ = SyncBatchNorm  # adds no state: only the forward differs
+    """Every batch norm layer of `module` (BatchNorm1d/2d/3d, torch.nn.SyncBatchNorm) replaced by
+    this module's SyncBatchNorm sharing its parameters and buffers, as
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm does; returns the converted module (a new one
+    when `module` itself is a batch norm layer)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
+        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.train(module.training)
+        return out
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
     return module
 
 
