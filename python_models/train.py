@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 
 import fgreid_ops
 
-from .config import add_model_args, build_model, resolve
 from . import launch as launcher
+from .config import add_model_args, build_model, resolve
 from .cuhs import CUHS, cuhs_loss, hsl_loss, parameter_report
 from .datasets import ImageDataset, PKSampler, SegmentDataset, load_dataset
 from .evaluate import evaluate_model, format_metrics, tqdm
@@ -127,6 +127,15 @@ def wrap(model, cfg, find_unused=False):
         runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                            find_unused_parameters=find_unused)
     return torch.compile(runner) if cfg["compile"] else runner
+
+
+def broadcast_buffers(model):
+    """Rank 0's buffers (batch norm running statistics) on every rank. DDP broadcasts them before
+    each forward, so after a step every rank holds its own; the checkpoint is rank 0's, and the
+    sharded evaluation must see one model."""
+    if fgreid_ops.distributed.world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
 
 
 def save(path, model, cfg, num_classes, **state):
@@ -258,6 +267,7 @@ def main(argv=None) -> dict:
                 save(os.path.join(cfg["output"], f"epoch{epoch + 1}.pt"), model, cfg, num_classes, **extra)
             final = epoch + 1 == cfg["epochs"]
             if not cfg["no_eval"] and (final or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)):
+                broadcast_buffers(model)
                 metrics = evaluate_model(model, data, cfg, cfg["device"], workers=cfg["workers"])
                 launch.log(f"epoch {epoch + 1} {data.name}: " + format_metrics(metrics))
     result = {"history": history, "metrics": metrics, "checkpoint": last}
