@@ -228,7 +228,8 @@ def main(argv=None) -> dict:
         # Stage 1 (CUHS): the head-shoulder box alone, on the images that have a box.
         boxed = [s for s in data.train if os.path.basename(getattr(s, "path", "")) in data.boxes]
         if state["stage"] == "hsl":
-            if isinstance(model, CUHS) and cfg["hsl_epochs"] > 0 and len({s.pid for s in boxed}) >= cfg["p"]:
+            enough = len({s.pid for s in boxed}) >= cfg["p"] * launch.world  # P identities per rank
+            if isinstance(model, CUHS) and cfg["hsl_epochs"] > 0 and enough:
                 loader = train_loader(data, cfg, boxed)
                 opt = make_optimizer(model, cfg)
                 if ckpt is not None and "optimizer" in ckpt:

@@ -140,10 +140,11 @@ def test_torchrun_trains_resumes_and_evaluates(market_root, tmp_path):
     out = str(tmp_path / "run")
     args = ["-m", "python_models.train", "--dataset", "market1501", "--root", market_root, "--output", out, *TINY,
             "--sync-bn"]
-    proc = _torchrun(_one_node(2), args + ["--epochs", "1"])
+    proc = _torchrun(_one_node(2), args + ["--epochs", "1", "--hsl-epochs", "1"])  # both stages
     assert proc.stderr.count("epoch 1/1: loss") == 1  # rank 0 logs, rank 1 does not
     result = json.load(open(os.path.join(out, "result.json")))
-    assert len(result["history"]["main"]) == 2 and result["metrics"]["num_skipped"] == 0
+    assert len(result["history"]["hsl"]) == len(result["history"]["main"]) == 2
+    assert result["metrics"]["num_skipped"] == 0 and len(result["metrics"]["cmc"]) == 17
     assert sorted(os.listdir(out)) == ["last.pt", "result.json"]
     assert torch.load(os.path.join(out, "last.pt"), weights_only=False)["epoch"] == 1
 
