@@ -139,8 +139,8 @@ def market_root(tmp_path_factory):
 def test_torchrun_trains_resumes_and_evaluates(market_root, tmp_path):
     out = str(tmp_path / "run")
     args = ["-m", "python_models.train", "--dataset", "market1501", "--root", market_root, "--output", out, *TINY,
-            "--sync-bn"]
-    proc = _torchrun(_one_node(2), args + ["--epochs", "1", "--hsl-epochs", "1"])  # both stages
+            "--sync-bn", "--hsl-epochs", "1"]  # both stages
+    proc = _torchrun(_one_node(2), args + ["--epochs", "1"])
     assert proc.stderr.count("epoch 1/1: loss") == 1  # rank 0 logs, rank 1 does not
     result = json.load(open(os.path.join(out, "result.json")))
     assert len(result["history"]["hsl"]) == len(result["history"]["main"]) == 2
