@@ -220,9 +220,10 @@ class CUHS(nn.Module):
 
 
 def cuhs_loss(out: dict, labels: torch.Tensor, margin: float = 0.3, eta1: float = 1.0, eta2: float = 1.0):
-    """Eq. 14: η1·Σ CE + η2·Σ batch-hard triplet over the four features (η1 = η2 = 1, margin α = 0.3)."""
+    """Eq. 14: η1·Σ CE + η2·Σ batch-hard triplet over the four features (η1 = η2 = 1, margin α = 0.3).
+    Under torch.distributed the triplet loss mines against the batches of all ranks."""
     ce = sum(F.cross_entropy(logit, labels) for logit in out["logits"])
-    tri = sum(fgreid_ops.batch_hard_triplet(f, labels, margin=margin) for f in out["features"])
+    tri = sum(fgreid_ops.distributed.batch_hard_triplet(f, labels, margin=margin) for f in out["features"])
     return eta1 * ce + eta2 * tri, {"ce": ce.detach(), "triplet": tri.detach()}
 
 

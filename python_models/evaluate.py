@@ -10,6 +10,13 @@ Protocols (all through ``fgreid_ops.evaluate``):
   cameras swapped, the two averaged; "all" pools every group's camera A (resp. B) tracklets,
   each group is also reported on its own (single-group setting). The video model's distance
   is eq. 4 (sum of the streams' Euclidean distances).
+
+Under torchrun (``torchrun --nproc_per_node=N -m python_models.evaluate ...``, docs/distributed.md)
+the image protocols are sharded: each rank extracts the features of its slice of the queries and
+of the gallery, the query features are all-gathered, and
+``fgreid_ops.distributed.evaluate_features`` ranks every query against the sharded gallery (the
+same metrics as one process; memory per rank O(gallery / N)). MARS and FGPR (the video model's
+eq. 4 distance matrix) run whole on every rank. Only rank 0 prints and writes ``--json``.
 """
 
 import argparse
@@ -21,6 +28,7 @@ from torch.utils.data import DataLoader
 
 import fgreid_ops
 
+from . import launch as launcher
 from .config import build_model
 from .datasets import ImageDataset, SegmentDataset, load_dataset
 from .fg_video import FGVideoNet, fg_distance
@@ -70,8 +78,9 @@ def image_features(model, samples, cfg, device, batch_size=128, workers=4):
     ds = ImageDataset(samples, ImageTransform(cfg["height"], cfg["width"], train=False))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
     model.eval()
-    feats = [model(_to_device(x, device)).float().cpu() for x, *_ in tqdm(loader, desc="features", leave=False)]
-    return torch.cat(feats)
+    bar = tqdm(loader, desc="features", leave=False, disable=fgreid_ops.distributed.rank() != 0)
+    feats = [model(_to_device(x, device)).float().cpu() for x, *_ in bar]
+    return torch.cat(feats) if feats else torch.zeros(0, 0)
 
 
 @torch.no_grad()
@@ -147,9 +156,37 @@ def fgpr_protocol(feats, tracklets) -> dict:
     return {"all": both_ways(groups), **{g: both_ways([g]) for g in groups}}
 
 
+def _my_slice(items):
+    """This rank's contiguous slice of `items` (rank 0 the first)."""
+    rank, world = fgreid_ops.distributed.rank(), fgreid_ops.distributed.world_size()
+    return items[len(items) * rank // world: len(items) * (rank + 1) // world]
+
+
+def sharded_market_protocol(model, data, cfg, device, batch_size, workers, max_rank=50) -> dict:
+    """market_protocol over the ranks: features of this rank's slice of the queries and of the
+    gallery; the query features all-gathered; fgreid_ops.distributed.evaluate_features on the
+    sharded gallery. Tensors live on `device` (CUDA under NCCL, CPU under gloo)."""
+    query, gallery = _my_slice(data.query), _my_slice(data.gallery)
+    q_local = image_features(model, query, cfg, device, batch_size, workers)
+    g_feats = image_features(model, gallery, cfg, device, batch_size, workers)
+    # a rank with an empty slice learns the feature width from the others
+    width = torch.tensor([max([f.shape[1] for f in (q_local, g_feats) if f.shape[0]], default=0)], device=device)
+    torch.distributed.all_reduce(width, op=torch.distributed.ReduceOp.MAX)
+    q_local, g_feats = (f if f.shape[0] else f.new_zeros(0, int(width)) for f in (q_local, g_feats))
+    q_feats = fgreid_ops.distributed.all_gather_rows(q_local.to(device))
+    q_pids, q_cams = _ids(data.query)
+    g_pids, g_cams = _ids(gallery) if gallery else (torch.zeros(0, dtype=torch.int64),) * 2
+    result = fgreid_ops.distributed.evaluate_features(
+        q_feats, g_feats.to(device), q_pids.to(device), g_pids.to(device), q_cams.to(device), g_cams.to(device),
+        max_rank=min(max_rank, len(data.gallery)))
+    return metrics_dict(result)
+
+
 def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_features=None) -> dict:
-    """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group).
-    `on_features(q_feats, g_feats)`, when given, also gets the features (FGPR: all tracklets twice)."""
+    """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group);
+    sharded over the ranks under torch.distributed for the image datasets.
+    `on_features(q_feats, g_feats)`, when given, also gets the features (FGPR: all tracklets twice;
+    one process only)."""
     if data.name in ("mars", "fgpr"):
         bs = batch_size or 8
         feats = tracklet_features(model, data.query if data.name == "fgpr" else data.query + data.gallery,
@@ -165,6 +202,8 @@ def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_feat
             on_features(q, g)
         return market_protocol(q, g, data.query, data.gallery)
     bs = batch_size or 128
+    if fgreid_ops.distributed.world_size() > 1:
+        return sharded_market_protocol(model, data, cfg, device, bs, workers)
     q = image_features(model, data.query, cfg, device, bs, workers)
     g = image_features(model, data.gallery, cfg, device, bs, workers)
     if on_features is not None:
@@ -202,20 +241,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-queries", type=int, default=None, metavar="N",
                         help="with --visualize-ranks: only the first N queries (default: all)")
     args = parser.parse_args(argv)
+    launch = launcher.start(args.device)
+    args.device = launch.device
 
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
     cfg = ckpt["config"]
     name, root = args.dataset or cfg["dataset"], args.root or cfg["root"]
     split = args.split if args.split is not None else cfg.get("split", 0)
     data = load_dataset(name, root, split=split)
-    print(data.summary(), file=sys.stderr)
+    launch.log(data.summary())
     on_features = None
-    if args.visualize_ranks:
+    if args.visualize_ranks and launch.main:
         from .visualize import rank_visualizer
 
         on_features = rank_visualizer(data, args.visualize_ranks, args.num_queries)
     with fgreid_ops.use_reference(args.reference):
         metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers, on_features)
+    launcher.finish(launch)
+    if not launch.main:
+        return metrics
     print(f"{name}: " + format_metrics(metrics))
     if args.json:
         with open(args.json, "w") as f:

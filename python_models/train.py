@@ -12,6 +12,14 @@ skipped and the box is learned end to end (like an STN). The video model uses
 FG_VIDEO_RECIPE. Checkpoints: ``<output>/last.pt`` every epoch (``--resume`` continues from it),
 ``<output>/epoch<N>.pt`` every ``--save-every`` epochs; evaluation every ``--eval-every`` epochs
 and at the end.
+
+Several processes (docs/distributed.md): ``torchrun --nproc_per_node=N -m python_models.train ...``
+trains with DistributedDataParallel (NCCL on CUDA, gloo on CPU). ``--p`` and ``--k`` are per rank:
+each step the N ranks draw N·P distinct identities together and rank r takes the r-th P of them,
+the triplet loss mines every rank's anchors against all N·P·K images, and DDP averages the
+gradients, so N ranks × P equal one process with N·P at the same learning rate (exactly with
+``--sync-bn``). Checkpoints, logs, progress bars and result.json come from rank 0; ``--resume``
+loads ``<output>/last.pt`` on every rank (a shared folder across nodes).
 """
 
 import argparse
@@ -25,6 +33,7 @@ from torch.utils.data import DataLoader
 
 import fgreid_ops
 
+from . import launch as launcher
 from .config import add_model_args, build_model, resolve
 from .cuhs import CUHS, cuhs_loss, hsl_loss, parameter_report
 from .datasets import ImageDataset, PKSampler, SegmentDataset, load_dataset
@@ -68,6 +77,7 @@ def parse_args(argv=None) -> dict:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--reference", action="store_true", help="route every op to its plain-PyTorch reference")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sync-bn", action="store_true", help="under torchrun: batch norm statistics over all ranks")
     return resolve(vars(parser.parse_args(argv)))
 
 
@@ -90,12 +100,56 @@ def train_loader(data, cfg, samples=None):
         ds = SegmentDataset(samples, SegmentTransform(cfg["height"], cfg["width"], train=True), cfg["seq_len"])
     else:
         ds = ImageDataset(samples, ImageTransform(cfg["height"], cfg["width"], train=True), data.boxes)
-    sampler = PKSampler([s.pid for s in samples], cfg["p"], cfg["k"], seed=cfg["seed"])
+    world = fgreid_ops.distributed.world_size()
+    sampler = PKSampler([s.pid for s in samples], cfg["p"] * world, cfg["k"], seed=cfg["seed"])
+    if world > 1:
+        sampler = RankBatches(sampler, fgreid_ops.distributed.rank(), world)
     return DataLoader(ds, batch_sampler=sampler, num_workers=cfg["workers"],
                       pin_memory=cfg["device"].startswith("cuda"), persistent_workers=cfg["workers"] > 0)
 
 
+class RankBatches:
+    """This rank's part of a batch sampler shared by all ranks: every rank draws the same global
+    batch (same seed) and takes the r-th of `world` equal slices (P×K: its own P identities)."""
+
+    def __init__(self, sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for batch in self.sampler:
+            n = len(batch) // self.world
+            yield batch[self.rank * n:(self.rank + 1) * n]
+
+
+def wrap(model, cfg, find_unused=False):
+    """What a stage runs: DistributedDataParallel over the ranks (when there are several), then
+    torch.compile when asked."""
+    runner = model
+    if fgreid_ops.distributed.world_size() > 1:
+        device_ids = [torch.device(cfg["device"]).index] if cfg["device"].startswith("cuda") else None
+        runner = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                           find_unused_parameters=find_unused)
+    return torch.compile(runner) if cfg["compile"] else runner
+
+
+def broadcast_buffers(model):
+    """Rank 0's buffers (batch norm running statistics) on every rank. DDP broadcasts them before
+    each forward, so after a step every rank holds its own; the checkpoint is rank 0's, and the
+    sharded evaluation must see one model."""
+    if fgreid_ops.distributed.world_size() > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
 def save(path, model, cfg, num_classes, **state):
+    if fgreid_ops.distributed.rank() != 0:
+        return
     raw = getattr(model, "_orig_mod", model)
     tmp = path + ".tmp"
     torch.save({"model": raw.state_dict(), "config": cfg, "num_classes": num_classes, **state}, tmp)
@@ -107,7 +161,11 @@ def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history,
     returns steps done."""
     model.train()
     device = cfg["device"]
-    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, file=sys.stderr)
+    world = fgreid_ops.distributed.world_size()
+    bar = tqdm(loader, desc=f"{stage} epoch {epoch + 1}", leave=False, file=sys.stderr,
+               disable=fgreid_ops.distributed.rank() != 0)
+    if hasattr(loader, "batch_sampler") and hasattr(loader.batch_sampler, "set_epoch"):
+        loader.batch_sampler.set_epoch(epoch)
     steps = 0
     for batch in bar:
         if step_budget is not None and steps >= step_budget:
@@ -128,6 +186,10 @@ def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history,
         loss.backward()
         optimizer.step()
         loss = loss.detach()
+        if world > 1:  # the loss of the whole step: the mean over ranks
+            loss = loss.clone()
+            torch.distributed.all_reduce(loss)
+            loss /= world
         history.append(float(loss))
         if terms is not None:
             terms.append({k: float(v) for k, v in (parts or {"box L2": loss}).items()})
@@ -139,10 +201,12 @@ def run_epoch(model, loader, optimizer, cfg, stage, epoch, step_budget, history,
 
 def main(argv=None) -> dict:
     cfg = parse_args(argv)
+    launch = launcher.start(cfg["device"])
+    cfg["device"] = launch.device
     torch.manual_seed(cfg["seed"])
     os.makedirs(cfg["output"], exist_ok=True)
     data = load_dataset(cfg["dataset"], cfg["root"], split=cfg["split"])
-    print(data.summary(), file=sys.stderr)
+    launch.log(data.summary())
     num_classes = data.num_train_pids
     model = build_model(cfg, num_classes)
     if cfg["pretrained"]:
@@ -153,9 +217,13 @@ def main(argv=None) -> dict:
             model.backbone.load_torchvision(sd)
     if isinstance(model, CUHS):
         rep = parameter_report(model)
-        print(f"CUHS: {rep['parameters']:,} parameters = {rep['MB']:.1f} MB float32 (paper: 342.3 MB)", file=sys.stderr)
+        launch.log(f"CUHS: {rep['parameters']:,} parameters = {rep['MB']:.1f} MB float32 (paper: 342.3 MB)")
+    if cfg["sync_bn"] and launch.distributed:  # torch's fused kernels on CUDA; CPU tensors need ours
+        convert = (torch.nn.SyncBatchNorm if cfg["device"].startswith("cuda") else fgreid_ops.distributed)
+        model = convert.convert_sync_batchnorm(model)
     model.to(cfg["device"])
-    runner = torch.compile(model) if cfg["compile"] else model
+    if launch.distributed:  # the same initial weights everywhere, each rank its own augmentations
+        torch.manual_seed(cfg["seed"] + launch.rank)
 
     last = os.path.join(cfg["output"], "last.pt")
     state = {"stage": "hsl", "epoch": 0}
@@ -164,7 +232,7 @@ def main(argv=None) -> dict:
         ckpt = torch.load(last, map_location=cfg["device"], weights_only=False)
         model.load_state_dict(ckpt["model"])
         state = {"stage": ckpt["stage"], "epoch": ckpt["epoch"]}
-        print(f"resumed from {last}: stage {state['stage']}, epoch {state['epoch']}", file=sys.stderr)
+        launch.log(f"resumed from {last}: stage {state['stage']}, epoch {state['epoch']}")
 
     history = {"hsl": [], "main": []}
     loss_terms = {"hsl": [], "main": []}
@@ -174,17 +242,19 @@ def main(argv=None) -> dict:
         # Stage 1 (CUHS): the head-shoulder box alone, on the images that have a box.
         boxed = [s for s in data.train if os.path.basename(getattr(s, "path", "")) in data.boxes]
         if state["stage"] == "hsl":
-            if isinstance(model, CUHS) and cfg["hsl_epochs"] > 0 and len({s.pid for s in boxed}) >= cfg["p"]:
+            enough = len({s.pid for s in boxed}) >= cfg["p"] * launch.world  # P identities per rank
+            if isinstance(model, CUHS) and cfg["hsl_epochs"] > 0 and enough:
                 loader = train_loader(data, cfg, boxed)
                 opt = make_optimizer(model, cfg)
                 if ckpt is not None and "optimizer" in ckpt:
                     opt.load_state_dict(ckpt["optimizer"])
+                runner = wrap(model, cfg, find_unused=True)  # the box loss leaves most weights unused
                 for epoch in range(state["epoch"], cfg["hsl_epochs"]):
                     run_epoch(runner, loader, opt, cfg, "hsl", epoch, cfg["max_steps"], history["hsl"], loss_terms["hsl"])
                     save(last, model, cfg, num_classes, stage="hsl", epoch=epoch + 1, optimizer=opt.state_dict())
             elif isinstance(model, CUHS) and cfg["hsl_epochs"] > 0:
-                print("no head_shoulder_boxes.txt (or too few boxed identities): HSL stage skipped, "
-                      "the box is learned end to end", file=sys.stderr)
+                launch.log("no head_shoulder_boxes.txt (or too few boxed identities): HSL stage skipped, "
+                           "the box is learned end to end")
             state = {"stage": "main", "epoch": 0}
             ckpt = None
         if isinstance(model, CUHS) and cfg["hsl_epochs"] > 0 and boxed:
@@ -192,6 +262,7 @@ def main(argv=None) -> dict:
 
         # Stage 2: the full objective (eq. 14 for CUHS; sum of the streams' CE for the video model).
         loader = train_loader(data, cfg)
+        runner = wrap(model, cfg)
         opt = make_optimizer(model, cfg)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg["milestones"], cfg["gamma"])
         if ckpt is not None:
@@ -203,19 +274,23 @@ def main(argv=None) -> dict:
             run_epoch(runner, loader, opt, cfg, "train", epoch, cfg["max_steps"], history["main"], loss_terms["main"])
             sched.step()
             recent = history["main"][before:]
-            print(f"epoch {epoch + 1}/{cfg['epochs']}: loss {sum(recent) / max(1, len(recent)):.4f}, "
-                  f"lr {opt.param_groups[0]['lr']:.2e}, {time.time() - start:.0f} s", file=sys.stderr)
+            launch.log(f"epoch {epoch + 1}/{cfg['epochs']}: loss {sum(recent) / max(1, len(recent)):.4f}, "
+                       f"lr {opt.param_groups[0]['lr']:.2e}, {time.time() - start:.0f} s")
             extra = dict(stage="main", epoch=epoch + 1, optimizer=opt.state_dict(), scheduler=sched.state_dict())
             save(last, model, cfg, num_classes, **extra)
             if cfg["save_every"] and (epoch + 1) % cfg["save_every"] == 0:
                 save(os.path.join(cfg["output"], f"epoch{epoch + 1}.pt"), model, cfg, num_classes, **extra)
             final = epoch + 1 == cfg["epochs"]
             if not cfg["no_eval"] and (final or (cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0)):
+                broadcast_buffers(model)
                 metrics = evaluate_model(model, data, cfg, cfg["device"], workers=cfg["workers"])
                 evaluations.append({"epoch": epoch + 1, "step": len(history["main"]), "metrics": metrics})
-                print(f"epoch {epoch + 1} {data.name}: " + format_metrics(metrics), file=sys.stderr)
+                launch.log(f"epoch {epoch + 1} {data.name}: " + format_metrics(metrics))
     result = {"history": history, "loss_terms": loss_terms, "evaluations": evaluations, "metrics": metrics,
               "checkpoint": last}
+    launcher.finish(launch)
+    if not launch.main:
+        return result
     with open(os.path.join(cfg["output"], "result.json"), "w") as f:
         json.dump(result, f, indent=1)
     write_curves(result, os.path.join(cfg["output"], "curves.png"))

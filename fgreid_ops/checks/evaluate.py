@@ -113,14 +113,15 @@ def check_finalize_inputs(offsets, index, match_dist, counts):
     check_lists(op, offsets, index, match_dist, counts, offsets.shape[0] - 1)
 
 
-def check_features(op, q_feats, g_feats):
+def check_features(op, q_feats, g_feats, min_gallery=1):
     for arg, t in (("q_feats", q_feats), ("g_feats", g_feats)):
         checks.check_tensor(op, arg, t)
         checks.check_dim(op, arg, t, 2, "(num, D)")
         checks.check_float_dtype(op, arg, t)
     checks.check_same_device(op, "g_feats", g_feats, "q_feats", q_feats)
-    if q_feats.shape[0] == 0 or g_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected at least one query and one gallery item, "
+    if q_feats.shape[0] == 0 or g_feats.shape[0] < min_gallery:
+        wanted = "at least one query and one gallery item" if min_gallery else "at least one query"
+        raise ValueError(f"fgreid_ops.{op}: expected {wanted}, "
                          f"got q_feats {list(q_feats.shape)} and g_feats {list(g_feats.shape)}")
     if q_feats.shape[1] != g_feats.shape[1] or q_feats.shape[1] == 0:
         raise ValueError(f"fgreid_ops.{op}: expected q_feats and g_feats with the same D > 0, "

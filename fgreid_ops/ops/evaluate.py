@@ -135,6 +135,7 @@ class _Distances:
     def __init__(self, q_feats, metric, compute):
         self.metric = metric
         self.compute = compute
+        self.itemsize = torch.empty((), dtype=compute).element_size()
         q = q_feats.to(compute)
         ones = torch.ones(q.shape[0], 1, dtype=compute, device=q.device)
         if metric == "cosine":
@@ -184,39 +185,71 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         backend: None (auto), "reference" (whole matrix, not streamed), "cpu" or "triton".
         Other arguments as `evaluate`. Eager only (a Python loop over chunks).
     """
-    op = "evaluate_features"
-    q_feats, g_feats = as_tensor(q_feats, None), as_tensor(g_feats, None)
-    check_features(op, q_feats, g_feats)
+    q_feats, g_feats, ids, backend = _prepare_features("evaluate_features", q_feats, g_feats,
+                                                       (q_pids, g_pids, q_camids, g_camids), max_rank, junk_pid,
+                                                       metric, memory_budget, backend)
+    if backend == "reference":
+        distmat = distance_reference(q_feats, g_feats, metric)
+        return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
+
     Q, G, D = q_feats.shape[0], g_feats.shape[0], q_feats.shape[1]
-    ids = _prepare_ids(op, Q, G, (q_pids, g_pids, q_camids, g_camids), "q_feats", q_feats)
+    q_pids, g_pids, q_camids, g_camids = ids
+    dist = _Distances(q_feats, metric, _compute_dtype(q_feats, g_feats))
+    matches, count_op, finalize = _streaming_kernels(backend)
+    offsets, index = matches(*ids, junk_pid)
+    q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, dist.itemsize)
+    match_dist = _match_distances(dist, g_feats, offsets, index, chunk)
+    counts = torch.zeros(index.shape[0], dtype=torch.int64, device=q_feats.device)
+    _count_gallery(dist, g_feats, g_pids, 0, q_pids, offsets, index, match_dist, counts, junk_pid, count_op,
+                   q_block, chunk, progress)
+    return _result(*finalize(offsets, index, match_dist, counts), max_rank, return_per_query)
+
+
+def _prepare_features(op, q_feats, g_feats, ids, max_rank, junk_pid, metric, memory_budget, backend,
+                      min_gallery=1):
+    """The argument checks of evaluate_features: (q_feats, g_feats, int64 ids, backend), detached.
+    min_gallery=0 admits an empty gallery (a rank's shard in the sharded evaluation)."""
+    q_feats, g_feats = as_tensor(q_feats, None), as_tensor(g_feats, None)
+    check_features(op, q_feats, g_feats, min_gallery=min_gallery)
+    ids = _prepare_ids(op, q_feats.shape[0], g_feats.shape[0], ids, "q_feats", q_feats)
     check_max_rank(op, max_rank)
     check_junk(op, junk_pid)
     checks.check_choice(op, "metric", metric, METRICS)
     check_memory_budget(op, memory_budget)
     backend = _backend.resolve(EVALUATE, q_feats.device.type, backend)
-    q_feats, g_feats = q_feats.detach(), g_feats.detach()
-    if backend == "reference":
-        distmat = distance_reference(q_feats, g_feats, metric)
-        return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
+    return q_feats.detach(), g_feats.detach(), ids, backend
 
-    q_pids, g_pids, q_camids, g_camids = ids
-    compute = torch.float64 if torch.float64 in (q_feats.dtype, g_feats.dtype) else torch.float32
-    dist = _Distances(q_feats, metric, compute)
-    offsets, index = _backend.kernel(MATCHES, backend)(*ids, junk_pid)
-    count_op, finalize = _backend.kernel(COUNT, backend), _backend.kernel(FINALIZE, backend)
 
-    itemsize = torch.empty((), dtype=compute).element_size()
-    q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, itemsize)
+def _compute_dtype(q_feats, g_feats):
+    return torch.float64 if torch.float64 in (q_feats.dtype, g_feats.dtype) else torch.float32
+
+
+def _streaming_kernels(backend):
+    """(matches, count, finalize) of the streamed evaluation on `backend`."""
+    return (_backend.kernel(MATCHES, backend), _backend.kernel(COUNT, backend), _backend.kernel(FINALIZE, backend))
+
+
+def _match_distances(dist, g_feats, offsets, index, rows):
+    """The distance of every match (query of its CSR row, gallery row index[k] of g_feats), in
+    blocks of `rows` pairs."""
     nnz = index.shape[0]
-    match_query = torch.repeat_interleave(torch.arange(Q, device=q_feats.device), offsets.diff(), output_size=nnz)
-    match_dist = torch.empty(nnz, dtype=compute, device=q_feats.device)
-    pair_rows = max(1, chunk)
+    Q = offsets.shape[0] - 1
+    match_query = torch.repeat_interleave(torch.arange(Q, device=offsets.device), offsets.diff(), output_size=nnz)
+    match_dist = torch.empty(nnz, dtype=dist.compute, device=offsets.device)
+    pair_rows = max(1, rows)
     for lo in range(0, nnz, pair_rows):
         hi = min(nnz, lo + pair_rows)
         match_dist[lo:hi] = dist.pairs(match_query[lo:hi], g_feats, index[lo:hi])
-    counts = torch.zeros(nnz, dtype=torch.int64, device=q_feats.device)
+    return match_dist
 
-    buffer = torch.empty(q_block * chunk, dtype=compute, device=q_feats.device)
+
+def _count_gallery(dist, g_feats, g_pids, g_start, q_pids, offsets, index, match_dist, counts, junk_pid, count_op,
+                   q_block, chunk, progress):
+    """Streams g_feats (global gallery rows g_start, g_start + 1, ...) in chunks and adds to
+    counts, for every match in (offsets, index, match_dist) (global gallery indices), the kept
+    other-pid items of these rows ranked before it."""
+    Q, G = q_pids.shape[0], g_feats.shape[0]
+    buffer = torch.empty(q_block * chunk, dtype=dist.compute, device=g_feats.device)
     bar = _progress(G, progress)
     try:
         for g_lo in range(0, G, chunk):
@@ -224,14 +257,13 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
             g = dist.gallery(g_feats[g_lo:g_hi])
             for q_lo in range(0, Q, q_block):
                 q_hi = min(Q, q_lo + q_block)
-                count_op(dist.block(q_lo, q_hi, g, buffer), q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo,
+                count_op(dist.block(q_lo, q_hi, g, buffer), q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_start + g_lo,
                          offsets[q_lo:q_hi + 1], index, match_dist, junk_pid, counts)
             if bar is not None:
                 bar.update(g_hi - g_lo)
     finally:
         if bar is not None:
             bar.close()
-    return _result(*finalize(offsets, index, match_dist, counts), max_rank, return_per_query)
 
 
 # --- fakes -------------------------------------------------------------------------------------
