@@ -1,7 +1,7 @@
 """A pytest plugin (``-p cuda_marker_check`` with bench/ on the path): fails the collection when a
 test that needs a GPU is not marked ``cuda``, so that ``pytest -m cuda`` (bench/gpu_check.py)
 selects every CUDA and Triton-on-GPU test. A test needs a GPU when a skipif reason says so or
-when one of its parameters is the device "cuda"."""
+when a parameter whose name says device is "cuda"."""
 
 import pytest
 
@@ -13,8 +13,8 @@ def _needs_gpu(item):
             return True
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
-        for value in callspec.params.values():
-            if value == "cuda" or (isinstance(value, torch_device_type()) and value.type == "cuda"):
+        for name, value in callspec.params.items():
+            if "device" in name and (value == "cuda" or (isinstance(value, torch_device_type()) and value.type == "cuda")):
                 return True
     return False
 

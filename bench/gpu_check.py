@@ -4,7 +4,8 @@
     python bench/gpu_check.py              # on the GPU machine, from the repository root
     python bench/gpu_check.py --dry-run    # on a CPU machine (CI): every step that needs no GPU
 
-Steps (each one's seconds are printed; the exit status is 1 if any failed):
+Steps (each one's seconds are printed; the exit status is 1 if any failed; pytest, memcheck and
+racecheck run at the same time, the bench alone after them):
   build      the CUDA extension in place for this GPU's arch only (TORCH_CUDA_ARCH_LIST from
              torch.cuda.get_device_capability()), MAX_JOBS = every core
   pytest     pytest -m cuda: every CUDA and Triton-on-GPU test, opcheck and torch.compile included
@@ -21,6 +22,7 @@ lists built on the meta device and their binding checked, and the results render
 summary, README section) from a fake CUDA results file."""
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -84,8 +86,11 @@ def sanitizer_verdict(step, returncode, output):
     return None
 
 
-def run_step(name, argv, env, timeout):
-    print(f"\n=== {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(argv)}", flush=True)
+def run_step(name, argv, env, timeout, echo=True):
+    """Runs one step; returns (seconds, problem or None, printable log)."""
+    log = f"\n=== {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(argv)}\n"
+    if echo:
+        print(log, end="", flush=True)
     start = time.time()
     try:
         proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, timeout=timeout, stdout=subprocess.PIPE,
@@ -97,15 +102,32 @@ def run_step(name, argv, env, timeout):
     except OSError as exc:
         output, code = str(exc), f"could not start: {exc.strerror}"
     tail = output[-6000:]
-    print(tail, end="" if tail.endswith("\n") else "\n", flush=True)
+    log += tail + ("" if tail.endswith("\n") else "\n")
+    if echo:
+        print(tail, end="" if tail.endswith("\n") else "\n", flush=True)
     seconds = time.time() - start
-    if name in SANITIZER_CLEAN:
-        problem = sanitizer_verdict(name, code if isinstance(code, int) else 1, output) if isinstance(code, int) else code
+    if not isinstance(code, int):
+        problem = code
+    elif name in SANITIZER_CLEAN:
+        problem = sanitizer_verdict(name, code, output)
     elif name == "pytest" and code == 5:
         problem = "pytest -m cuda selected no test"
     else:
-        problem = None if code == 0 else (f"exit status {code}" if isinstance(code, int) else code)
-    return seconds, problem
+        problem = None if code == 0 else f"exit status {code}"
+    return seconds, problem, log
+
+
+def run_together(steps):
+    """Runs {name: (argv, env, timeout)} at once (the tests and the sanitizers use the GPU lightly
+    and the 16 cores well); prints each log whole, in order. {name: (seconds, problem)}."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        futures = {name: pool.submit(run_step, name, *spec, echo=False) for name, spec in steps.items()}
+        out = {}
+        for name, future in futures.items():
+            seconds, problem, log = future.result()
+            print(log, end="", flush=True)
+            out[name] = (seconds, problem)
+    return out
 
 
 def print_summary(path):
@@ -194,7 +216,7 @@ def dry_run(args):
                  "racecheck": "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n"}
         for tool, text in clean.items():
             assert sanitizer_verdict(tool, 0, text) is None
-            assert sanitizer_verdict(tool, 0, text.replace(" 0 errors", " 2 errors")) is not None
+            assert sanitizer_verdict(tool, 0, text.replace("0 errors", "2 errors")) is not None
 
     def cuda_lists():
         counts, problems = binding.check_all(devices=("cuda",), sizes=("default",))
@@ -251,20 +273,29 @@ def main(argv=None):
     if shutil.which("ninja") is None:
         print("gpu_check: ninja not found: the extension builds one file at a time")
     timings, problems = {}, []
-    for name in ("build", "pytest", "memcheck", "racecheck", "bench"):
-        if name in args.skip:
-            continue
-        left = args.total_seconds - (time.time() - start)
-        budget = max(BENCH_BUDGET[0], min(BENCH_BUDGET[1], left - 45))
-        argv, env = commands(gpu["arch"], jobs, budget)[name]
-        timeout = STEP_TIMEOUTS.get(name, int(budget) + 180)
-        seconds, problem = run_step(name, argv, env, timeout)
+
+    def record(name, seconds, problem):
         timings[name] = seconds
         if problem:
             problems.append(f"{name}: {problem}")
-            print(f"gpu_check: {name} FAILED ({problem})")
-            if name == "build":
-                break
+            print(f"gpu_check: {name} FAILED ({problem})", flush=True)
+
+    def command(name):
+        left = args.total_seconds - (time.time() - start)
+        budget = max(BENCH_BUDGET[0], min(BENCH_BUDGET[1], left - 45))
+        argv, env = commands(gpu["arch"], jobs, budget)[name]
+        return argv, env, STEP_TIMEOUTS.get(name, int(budget) + 180)
+
+    if "build" not in args.skip:
+        seconds, problem, _ = run_step("build", *command("build"))
+        record("build", seconds, problem)
+    if not any(p.startswith("build:") for p in problems):
+        together = {name: command(name) for name in ("pytest", "memcheck", "racecheck") if name not in args.skip}
+        for name, (seconds, problem) in run_together(together).items() if together else ():
+            record(name, seconds, problem)
+        if "bench" not in args.skip:
+            seconds, problem, _ = run_step("bench", *command("bench"))
+            record("bench", seconds, problem)
     import run
 
     results = os.path.join(ROOT, "bench", "results", run.slug(gpu["name"]) + ".json")

@@ -9,8 +9,9 @@ Writes bench/results/<name>.json, .md and .png, where <name> is "cpu" or the GPU
 "quick-" for --quick, suffixed with the ops for an --ops subset). Speedups are ratios of medians
 measured in the same process; GB/s uses the bytes an ideal kernel moves, and on CUDA also the
 percentage of the measured device-copy bandwidth. A provider that fails is reported and the run
-goes on; the exit status is then 1 (unless --keep-going). The README's tables come from the JSON:
-python bench/render_readme.py.
+goes on; the exit status is then 1 (unless --keep-going). The README's tables come from the JSON
+(python bench/render_readme.py); a run of every op with --device cpu or --device cuda into
+bench/results/ regenerates them itself.
 
 Adding an op: bench/cases/<op>.py with ``cases(device, size) -> list[Case]``; the Case API and its
 rules are in bench/common.py's docstring, and tests/test_bench_binding.py checks every case of
@@ -105,6 +106,13 @@ def result_name(device, args, ops):
     if sorted(ops) != available_ops():
         name += "-" + "-".join(ops)
     return name
+
+
+def _is_published(args, device):
+    """A run whose results the README quotes: every op, default or full size, written to
+    bench/results/ under the standard name, on CPU or CUDA alone."""
+    return (os.path.abspath(args.out) == os.path.join(HERE, "results") and args.size != "quick" and not args.name
+            and sorted(args.ops) == available_ops() and args.device == device)
 
 
 def run_case(case, device, size, threads, peak, failures, rows):
@@ -295,6 +303,10 @@ def main(argv=None):
             f.write(report.markdown(data))
         report.plot(data, base + ".png")
         print(f"\n{report.summary(data)}\nwrote {base}.json/.md/.png ({seconds:.0f} s)")
+        if _is_published(args, device):
+            import render_readme
+
+            render_readme.main([])
     if stopped:
         print(f"time budget of {args.time_budget:.0f} s reached: {sum(done.values())} of {len(work)} cases ran")
     if failures:

@@ -88,3 +88,26 @@ def test_cuda_results_render_with_a_roofline_panel(tmp_path):
 
     with Image.open(png) as image:
         assert image.size[1] <= 2000
+
+
+def test_main_runs_every_step_in_order_and_fails_on_one_failure(monkeypatch, capsys):
+    import torch
+
+    calls = []
+
+    def fake_step(name, argv, env, timeout, echo=True):
+        calls.append(name)
+        return 1.0, ("2 errors" if name == "memcheck" else None), f"=== {name}\n"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "gpu_facts", lambda: dict(name="NVIDIA H200", arch="9.0"))
+    monkeypatch.setattr(gpu_check, "run_step", fake_step)
+    assert gpu_check.main([]) == 1
+    assert calls[0] == "build" and calls[-1] == "bench" and set(calls) == {"build", "pytest", "memcheck", "racecheck", "bench"}
+    out = capsys.readouterr().out
+    assert "memcheck: 2 errors" in out and "seconds per step: build 1" in out
+
+    calls.clear()
+    monkeypatch.setattr(gpu_check, "run_step", lambda name, *a, **k: (calls.append(name), (1.0, "exit status 1", ""))[1])
+    assert gpu_check.main([]) == 1
+    assert calls == ["build"]  # nothing runs on a failed build

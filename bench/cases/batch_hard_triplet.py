@@ -5,8 +5,9 @@ read (emb and references), so it is low by nature; the note gives the GFLOP of t
 the size of one B×M fp32 matrix (eager and torch.compile materialize several, ours only O(B·D));
 on CUDA the results also hold each provider's peak memory.
 
-CPU is scaled down (B ≤ 1024, M = 4096; the default run B ∈ {64, 256} at D = 2048): the eager
-reference at B = 4096 takes seconds per call."""
+The default run takes B ∈ {64, 256} at D = 2048 on CPU and B ∈ {64, 1024} at D = 2048 and 4096 at
+D = 256 on CUDA; --full every shape. CPU is scaled down (B ≤ 1024, M = 4096): the eager reference at
+B = 4096 takes seconds per call."""
 
 import torch
 
@@ -17,7 +18,7 @@ from common import Case, bound, bound_backward, compiled, nbytes, our_backends, 
 
 SHAPES = {"cuda": [(B, D) for B in (64, 256, 1024, 4096) for D in (256, 2048)],
           "cpu": [(B, D) for B in (64, 256, 1024) for D in (256, 2048)],
-          "default": [(64, 2048), (256, 2048)]}
+          "cpu-default": [(64, 2048), (256, 2048)], "cuda-default": [(64, 2048), (1024, 2048), (4096, 256)]}
 MEMORY_BANK = {"cuda": (1024, 16384, 2048), "cpu": (256, 4096, 256)}  # (B, M, D)
 QUICK_SHAPES = [(16, 32)]
 QUICK_BANK = (8, 64, 32)
@@ -51,7 +52,7 @@ def cases(device: str, size: str) -> list[Case]:
     if size == "quick":
         shapes, memory_bank = QUICK_SHAPES, QUICK_BANK
     else:
-        shapes = SHAPES["default" if device == "cpu" and size == "default" else device]
+        shapes = SHAPES[f"{device}-default" if size == "default" else device]
         memory_bank = MEMORY_BANK[device]
     configs = [(B, B, D, False) for B, D in shapes] + [(*memory_bank, True)]
     backends = our_backends(device, gpu=("triton",))

@@ -1,6 +1,7 @@
 """Fused localization: the 5 ResNet-50 levels of the FG video model (N·T = 16·10 = 160 frames of
 224×224) with 7×7 and 14×14 attention masks, one mask per frame ([N, 1, h, w]) or per channel
-([N, C, h, w]), pool False and True, bilinear: 40 shapes on CUDA.
+([N, C, h, w]), pool False and True, bilinear: 40 shapes on CUDA with --full; the default run
+takes the per-frame 7×7 mask unpooled and the per-channel 14×14 mask pooled at every level.
 
 CPU (2 cores, and torch.compile compiles per shape) runs a scaled-down subset: N 160 -> 2, levels
 1, 3 and 5 (112², 28², 7²); --full: masks [N, 1, 7, 7] and [N, C, 14, 14], pool False and True;
@@ -21,9 +22,11 @@ def _configs(device, size):
     """(N, C, H, mask channels or None for C, h, pool)."""
     if size == "quick":
         return [(2, 64, 28, 1, 7, True)]
-    if device == "cuda":
+    if device == "cuda" and size == "full":
         return [(N_CUDA, c, s, cm, h, pool) for c, s in LEVELS for cm in (1, None) for h in (7, 14)
                 for pool in (False, True)]
+    if device == "cuda":
+        return [(N_CUDA, c, s, cm, h, pool) for c, s in LEVELS for cm, h, pool in ((1, 7, False), (None, 14, True))]
     if size == "full":
         return [(N_CPU, c, s, cm, h, pool) for c, s in LEVELS[::2] for cm, h in ((1, 7), (None, 14))
                 for pool in (False, True)]

@@ -5,8 +5,8 @@ plain-PyTorch references ("eager", "compile") or to the fgreid_ops kernels ("fgr
 the convolutions dominate, so it is much smaller than an op's own speedup.
 
 CPU runs are scaled down (said in each case's note): N = 1 at half resolution (CUHS 192×64, the
-video model 1×10 frames at 112×112), with torch.compile only under --full (Inductor compiles a
-whole model for minutes on a small CPU); --quick uses narrow models (width 8) on small inputs and
+video model 1×10 frames at 112×112). torch.compile of the whole models only with --full (Inductor
+compiles a whole model for minutes); --quick uses narrow models (width 8) on small inputs and
 skips torch.compile."""
 
 import os
@@ -72,12 +72,12 @@ def cases(device: str, size: str) -> list[Case]:
     elif gpu:
         cuhs_cfg, n_img, hw = dict(topk=45), 64, (384, 128)
         vid_cfg, n_seg, frame, part = {}, 16, 224, 224
-        note = ""
+        note = "torch.compile with --full"
     else:  # a full-size forward takes seconds per image on a small CPU
         cuhs_cfg, n_img, hw = dict(topk=11), 1, (192, 64)
         vid_cfg, n_seg, frame, part = {}, 1, 112, 112
         note = "CPU: scaled down to N=1 at half resolution" + ("" if size == "full" else "; torch.compile with --full")
-    compile_too = size == "full" or (gpu and size == "default")
+    compile_too = size == "full"  # Inductor compiles a whole model for minutes
     x_shape = (n_img, 3, *hw)
     k_note = f"top-k {cuhs_cfg['topk']}" + (" (45 scaled to the 4x smaller map)" if cuhs_cfg["topk"] == 11 else "")
     seg_shape = (n_seg, 10, 3, frame, frame)

@@ -31,6 +31,7 @@ CPU_FULL = [
     ((64, 2048, 24, 8), 20, torch.bfloat16),
 ]
 CPU_DEFAULT = [CPU_FULL[1], CPU_FULL[3]]
+CUDA_DEFAULT = [SHAPES[0], SHAPES[2], SHAPES[4], SHAPES[7]]
 QUICK_SHAPES = [((4, 64, 24, 8), 5, torch.float32)]
 
 
@@ -54,8 +55,12 @@ def _setup(shape, k, dtype, backward, backends):
 
 def cases(device: str, size: str) -> list[Case]:
     out = []
-    shapes = (QUICK_SHAPES if size == "quick" else SHAPES if device == "cuda"
-              else CPU_FULL if size == "full" else CPU_DEFAULT)
+    if size == "quick":
+        shapes = QUICK_SHAPES
+    elif device == "cuda":
+        shapes = SHAPES if size == "full" else CUDA_DEFAULT
+    else:
+        shapes = CPU_FULL if size == "full" else CPU_DEFAULT
     for shape, k, dtype in shapes:
         inputs = {"f1": spec(shape, dtype), "f2": spec(shape, dtype)}
         config = f"f1=f2={list(shape)} k={k}" + ("" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]}")
