@@ -168,7 +168,10 @@ def readme_section(data, results_path):
             r = modes.get(mode)
             if r is None:
                 return "—"
-            text = f"{fmt(r['vs_eager'], '.2f', '×')} / {fmt(r['vs_compile'], '.2f', '×')}"
+            if r["vs_eager"] is None and r["vs_compile"] is None:
+                text = f"{r['median_ms']:.1f} ms, no baseline"
+            else:
+                text = f"{fmt(r['vs_eager'], '.2f', '×')} / {fmt(r['vs_compile'], '.2f', '×')}"
             return text + (f" ({r['items_per_s']:.1f} img/s)" if r.get("items_per_s") else "")
         line = f"| {op} | {config} | " + (f"{threads} | " if many_threads else "") + f"{provider} | {pair('fwd')} | {pair('fwd+bwd')} |"
         if meta["device_type"] == "cuda":

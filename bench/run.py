@@ -257,6 +257,7 @@ def main(argv=None):
         return 0
     os.makedirs(args.out, exist_ok=True)
     warnings.filterwarnings("ignore", message=".*TF32.*")
+    commit = git_commit()  # the code that runs, before anyone commits during the run
     start = time.time()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows, failures, done = {}, [], {}
@@ -284,7 +285,7 @@ def main(argv=None):
             device_type=device, device=device_label(device), machine=platform.platform(), cpu=cpu_name(),
             cpu_count=os.cpu_count(),
             threads=sorted({r["threads"] for r in rows.get(device, [])}, key=lambda t: (len(t), t)),
-            versions=versions(), commit=git_commit(),
+            versions=versions(), commit=commit,
             date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             size=args.size, ops=args.ops, command="python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             machine_shared=args.shared_machine,
