@@ -157,8 +157,10 @@ def fake_cuda_results(cpu_json=None):
                               date="1970-01-01T00:00:00+00:00", size="default", seconds=1.0, cpu_count=2,
                               command="python bench/run.py", ops=["gem"], failures=[]),
                     results=[dict(row, mode="fwd", provider="fgreid"), dict(row, mode="fwd+bwd", provider="fgreid")])
+    import render_readme
+
     meta = dict(data["meta"], device_type="cuda", device="FAKE GPU (dry run)", threads=["gpu"], machine_shared=False,
-                peak_bandwidth_gbps=4300.0)
+                peak_bandwidth_gbps=4300.0, ops=render_readme.all_ops())
     meta["versions"] = dict(meta["versions"], cuda="13.0")
     results = []
     for r in data["results"]:

@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import os
+import pkgutil
 import re
 import sys
 
@@ -24,8 +25,12 @@ README = os.path.join(ROOT, "README.md")
 RESULTS = os.path.join(HERE, "results")
 
 
+def all_ops():
+    return sorted(m.name for m in pkgutil.iter_modules([os.path.join(HERE, "cases")]))
+
+
 def gpu_results(results_dir=RESULTS):
-    """The GPU results files: full-op, non-quick runs on CUDA."""
+    """The GPU results files: runs of every op on CUDA, default or full size."""
     out = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         name = os.path.basename(path)[:-5]
@@ -33,7 +38,8 @@ def gpu_results(results_dir=RESULTS):
             continue
         with open(path) as f:
             data = json.load(f)
-        if data["meta"]["device_type"] == "cuda" and data["meta"]["size"] != "quick":
+        meta = data["meta"]
+        if meta["device_type"] == "cuda" and meta["size"] != "quick" and sorted(meta["ops"]) == all_ops():
             out.append((path, data))
     return out
 
