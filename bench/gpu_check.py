@@ -12,6 +12,8 @@ racecheck run at the same time, the bench alone after them):
              (a test that needs a GPU but lacks the mark fails the collection: bench/cuda_marker_check.py)
   memcheck   compute-sanitizer memcheck over bench/sanitize_cases.py (one small forward+backward
   racecheck  per GPU kernel), caching allocator off; any reported error or hazard fails the step
+             (memcheck reports kernel memory errors; API return codes that torch and Triton probe
+             on purpose are not reported)
   bench      bench/run.py --device cuda under its own time budget (what is left of the 9 minutes),
              writing bench/results/<gpu>.{json,md,png}
   summary    one line per op: % of copy bandwidth, × torch.compile, × eager, fwd and fwd+bwd
@@ -64,7 +66,7 @@ def commands(arch, jobs, bench_budget, python=sys.executable):
         "build": ([python, "setup.py", "-q", "build_ext", "--inplace"], build_env),
         "pytest": ([python, "-m", "pytest", "tests", "-m", "cuda", "-q", "-p", "cuda_marker_check",
                     "-p", "no:cacheprovider"], {"PYTHONPATH": os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)}),
-        "memcheck": ([sanitizer, "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "1",
+        "memcheck": ([sanitizer, "--tool", "memcheck", "--leak-check", "no", "--report-api-errors", "no", "--error-exitcode", "1",
                       "--print-limit", "20", *driver], sanitize_env),
         "racecheck": ([sanitizer, "--tool", "racecheck", "--racecheck-report", "all", "--error-exitcode", "1",
                        "--print-limit", "20", *driver], sanitize_env),
