@@ -140,7 +140,7 @@ GRADCHECK_CASES = [
     pytest.param("triton", "cpu", "euclidean", True, True, id="triton-interpret-euclidean-normalize",
                  marks=pytest.mark.skipif(not fgreid_ops._backend.triton_available("cpu"), reason="no triton")),
     pytest.param("triton", "cuda", "euclidean", False, False, id="triton-cuda",
-                 marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")),
+                 marks=[pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"), pytest.mark.cuda]),
 ]
 
 
@@ -584,6 +584,7 @@ def test_module_reference_switch():
     assert "margin=0.3" in repr(module)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_cuda_default_backend_is_triton():
     emb, labels = make_batch(64, 32, torch.float16, "cuda", n_ids=16)

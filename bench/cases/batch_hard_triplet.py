@@ -1,76 +1,71 @@
 """Batch-hard triplet loss: P×K batches (K = 4) of B ∈ {64, 256, 1024, 4096} embeddings of
 D ∈ {256, 2048}, the batch as its own reference set, plus a cross-batch memory of M = 16384
 reference rows. The work is a B×M×D matrix product (2·B·M·D flops): GB/s counts only the bytes
-read (emb and references), so it is low by nature; the note gives the GFLOP of the product and,
-on CUDA, the peak memory of one call (eager and torch.compile materialize B×M matrices, ours
-only O(B·D)); on CPU it states the size of one B×M matrix instead.
+read (emb and references), so it is low by nature; the note gives the GFLOP of the product and
+the size of one B×M fp32 matrix (eager and torch.compile materialize several, ours only O(B·D));
+on CUDA the results also hold each provider's peak memory.
 
-CPU is scaled down (B ≤ 1024, M = 4096): the eager reference at B = 4096 takes seconds per call
-and torch.compile recompiles per shape."""
+The default run takes B ∈ {64, 256} at D = 2048 on CPU and B ∈ {64, 1024} at D = 2048 and 4096 at
+D = 256 on CUDA; --full every shape. CPU is scaled down (B ≤ 1024, M = 4096): the eager reference at
+B = 4096 takes seconds per call."""
 
 import torch
 
 import fgreid_ops
 from fgreid_ops.reference import batch_hard_triplet_reference
 
-from common import Case, compiled, forward_backward, nbytes
+from common import Case, bound, bound_backward, compiled, nbytes, our_backends, spec
 
 SHAPES = {"cuda": [(B, D) for B in (64, 256, 1024, 4096) for D in (256, 2048)],
-          "cpu": [(B, D) for B in (64, 256, 1024) for D in (256, 2048)]}
+          "cpu": [(B, D) for B in (64, 256, 1024) for D in (256, 2048)],
+          "cpu-default": [(64, 2048), (256, 2048)], "cuda-default": [(64, 2048), (1024, 2048), (4096, 256)]}
 MEMORY_BANK = {"cuda": (1024, 16384, 2048), "cpu": (256, 4096, 256)}  # (B, M, D)
 QUICK_SHAPES = [(16, 32)]
 QUICK_BANK = (8, 64, 32)
+MARGIN = 0.3
 
 
-def _peak_memory_mb(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+def _loss(fn, **fixed):
+    def run(emb, labels, ref_emb=None, ref_labels=None):
+        return fn(emb, labels, MARGIN, ref_emb=ref_emb, ref_labels=ref_labels, **fixed)
+    return run
 
 
-def _case(device, config, mode, bytes_moved, flops, matrix_mb, providers):
-    if device == "cuda":
-        peaks = {name: _peak_memory_mb(fn) for name, fn in providers.items()}
-        note = "peak MB " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items())
-    else:  # no allocator statistics on CPU
-        note = f"one B×M fp32 matrix = {matrix_mb:.1f} MB (eager holds several, compile >= 1, ours none)"
-    note += f"; {flops / 1e9:.2f} GFLOP"
-    return Case("batch_hard_triplet", config, mode, bytes_moved, providers, note)
+def _setup(B, M, D, bank, dtype, backward, backends):
+    def setup(device):
+        torch.manual_seed(0)
+        emb = torch.randn(B, D, device=device, dtype=dtype).requires_grad_(backward)
+        labels = torch.arange(B, device=device) // 4
+        refs = ()
+        if bank:
+            refs = (torch.randn(M, D, device=device, dtype=dtype), torch.randint(0, M // 4, (M,), device=device))
+        ref = _loss(batch_hard_triplet_reference)
+        fns = {"eager": ref, "compile": compiled(ref),
+               **{name: _loss(fgreid_ops.batch_hard_triplet, backend=b) for name, b in backends.items()}}
+        make = bound_backward if backward else bound
+        return {name: make(fn, emb, labels, *refs) for name, fn in fns.items()}
+    return setup
 
 
-def _config_cases(device, dtype, B, M, D, bank):
-    g = torch.Generator().manual_seed(0)
-    emb = torch.randn(B, D, generator=g).to(device, dtype)
-    labels = (torch.arange(B) // 4).to(device)
-    kwargs = {}
-    if bank:
-        kwargs = dict(ref_emb=torch.randn(M, D, generator=g).to(device, dtype),
-                      ref_labels=torch.randint(0, M // 4, (M,), generator=g).to(device))
-
-    def ours(x):
-        return fgreid_ops.batch_hard_triplet(x, labels, 0.3, **kwargs)
-
-    def ref(x):
-        return batch_hard_triplet_reference(x, labels, 0.3, **kwargs)
-
-    compiled_ref = compiled(ref)
-    config = f"B={B} M={M} D={D} K=4 {str(dtype).replace('torch.', '')}" + (" bank" if bank else "")
-    read = nbytes(emb) + (nbytes(kwargs["ref_emb"]) if bank else 0)
-    flops = 2 * B * M * D
-    matrix_mb = B * M * 4 / 2**20
-    fwd = {"eager": lambda: ref(emb), "compile": lambda: compiled_ref(emb), "fgreid": lambda: ours(emb)}
-    x = emb.clone().requires_grad_()
-    bwd = {"eager": forward_backward(ref, (x,)), "compile": forward_backward(compiled_ref, (x,)),
-           "fgreid": forward_backward(ours, (x,))}
-    return [_case(device, config, "fwd", read, flops, matrix_mb, fwd),
-            _case(device, config, "fwd+bwd", read + nbytes(emb), flops, matrix_mb, bwd)]
-
-
-def cases(device: str, quick: bool) -> list[Case]:
+def cases(device: str, size: str) -> list[Case]:
     dtype = torch.float16 if device == "cuda" else torch.float32
-    configs = [(B, B, D, False) for B, D in (QUICK_SHAPES if quick else SHAPES[device])]
-    configs.append((*(QUICK_BANK if quick else MEMORY_BANK[device]), True))
-    return [case for B, M, D, bank in configs for case in _config_cases(device, dtype, B, M, D, bank)]
+    if size == "quick":
+        shapes, memory_bank = QUICK_SHAPES, QUICK_BANK
+    else:
+        shapes = SHAPES[f"{device}-default" if size == "default" else device]
+        memory_bank = MEMORY_BANK[device]
+    configs = [(B, B, D, False) for B, D in shapes] + [(*memory_bank, True)]
+    backends = our_backends(device, gpu=("triton",))
+    out = []
+    for B, M, D, bank in configs:
+        inputs = {"emb": spec((B, D), dtype), "labels": spec((B,), torch.int64)}
+        if bank:
+            inputs.update(ref_emb=spec((M, D), dtype), ref_labels=spec((M,), torch.int64))
+        config = f"B={B} M={M} D={D} K=4 {str(dtype).replace('torch.', '')}" + (" bank" if bank else "")
+        read = nbytes(inputs["emb"]) + (nbytes(inputs["ref_emb"]) if bank else 0)
+        note = f"one B×M fp32 matrix = {B * M * 4 / 2**20:.1f} MiB; {2 * B * M * D / 1e9:.2f} GFLOP"
+        out.append(Case("batch_hard_triplet", config, "fwd", inputs,
+                        _setup(B, M, D, bank, dtype, False, backends), read, note))
+        out.append(Case("batch_hard_triplet", config, "fwd+bwd", inputs,
+                        _setup(B, M, D, bank, dtype, True, backends), read + nbytes(inputs["emb"]), note))
+    return out

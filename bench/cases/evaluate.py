@@ -23,10 +23,10 @@ import fgreid_ops
 from fgreid_ops.reference import distance_reference, evaluate_reference
 
 try:
-    from common import Case, compiled
+    from common import Case, bound, compiled, nbytes, spec
 except ImportError:  # run as a script
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from common import Case, compiled
+    from common import Case, bound, compiled, nbytes, spec
 
 MARKET = dict(Q=3368, G=15913, ids=750, cams=6)
 MARKET_QUARTER = dict(Q=842, G=3978, ids=188, cams=6)
@@ -49,58 +49,66 @@ def _label(size, D=None):
     return f"Q={size['Q']} G={size['G']}" + (f" D={D}" if D else "")
 
 
-def _distmat_case(device, size, baselines, note=""):
-    ids = make_ids(**size, device=device)
-    d = torch.rand(size["Q"], size["G"], device=device)
-    providers = {"fgreid": lambda: fgreid_ops.evaluate(d, *ids)}
-    if baselines:
-        ref = compiled(evaluate_reference)
-        providers = {"eager": lambda: evaluate_reference(d, *ids), "compile": lambda: ref(d, *ids), **providers}
-    return Case("evaluate", "distmat " + _label(size), "fwd", d.numel() * d.element_size(), providers, note)
+def _ids_inputs(size):
+    Q, G = size["Q"], size["G"]
+    return {"q_pids": spec((Q,), torch.int64), "g_pids": spec((G,), torch.int64),
+            "q_camids": spec((Q,), torch.int64), "g_camids": spec((G,), torch.int64)}
 
 
 def _features_reference(q, g, q_pids, g_pids, q_camids, g_camids):
     return evaluate_reference(distance_reference(q, g), q_pids, g_pids, q_camids, g_camids)
 
 
-def _features_case(device, size, D, baselines, note=""):
-    ids = make_ids(**size, device=device)
-    q = torch.randn(size["Q"], D, device=device)
-    g = torch.randn(size["G"], D, device=device)
-    providers = {"fgreid": lambda: fgreid_ops.evaluate_features(q, g, *ids)}
-    if baselines:
-        ref = compiled(_features_reference)
-        providers = {"eager": lambda: _features_reference(q, g, *ids), "compile": lambda: ref(q, g, *ids), **providers}
-    nbytes = (q.numel() + g.numel()) * q.element_size()
-    return Case("evaluate", "features " + _label(size, D), "fwd", nbytes, providers, note)
+def _ours_distmat(d, *ids):
+    return fgreid_ops.evaluate(d, *ids)
 
 
-def _gpu_memory_note(fn):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return f"peak GPU memory above inputs {(torch.cuda.max_memory_allocated() - base) / 2**20:.0f} MiB"
+def _ours_features(q, g, *ids):
+    return fgreid_ops.evaluate_features(q, g, *ids)
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    if quick:
-        return [_distmat_case(device, QUICK, True), _features_case(device, QUICK, 16, True)]
+def _setup(size, D, baselines):
+    """D=None: the distance-matrix form, else features of size D."""
+    def setup(device):
+        torch.manual_seed(0)
+        ids = make_ids(**size, device=device)
+        if D is None:
+            data = (torch.rand(size["Q"], size["G"], device=device),)
+            ref, ours = evaluate_reference, _ours_distmat
+        else:
+            data = (torch.randn(size["Q"], D, device=device), torch.randn(size["G"], D, device=device))
+            ref, ours = _features_reference, _ours_features
+        fns = {"eager": ref, "compile": compiled(ref)} if baselines else {}
+        fns["fgreid"] = ours
+        return {name: bound(fn, *data, *ids) for name, fn in fns.items()}
+    return setup
+
+
+def _distmat_case(size, baselines, note=""):
+    inputs = {"distmat": spec((size["Q"], size["G"])), **_ids_inputs(size)}
+    return Case("evaluate", "distmat " + _label(size), "fwd", inputs, _setup(size, None, baselines),
+                nbytes(inputs["distmat"]), note)
+
+
+def _features_case(size, D, baselines, note=""):
+    inputs = {"q_feats": spec((size["Q"], D)), "g_feats": spec((size["G"], D)), **_ids_inputs(size)}
+    return Case("evaluate", "features " + _label(size, D), "fwd", inputs, _setup(size, D, baselines),
+                nbytes(inputs["q_feats"], inputs["g_feats"]), note)
+
+
+def cases(device: str, size: str) -> list[Case]:
+    if size == "quick":
+        return [_distmat_case(QUICK, True), _features_case(QUICK, 16, True)]
     if device == "cpu":
         streamed = "streamed in 256 MiB blocks; the reference would hold several Q x G tensors"
         return [
-            _distmat_case(device, MARKET_QUARTER, True, "a quarter of Market so the reference runs in seconds"),
-            _distmat_case(device, MARKET, False, "reference ~45 s here, torchreid's python loop ~340 s"),
-            _features_case(device, MARKET_QUARTER, 256, True, "D=256: the GEMM at D=2048 runs ~18 GFLOP/s here"),
-            _features_case(device, MSMT17, 32, False, "D=32 (GEMM-bound otherwise); " + streamed),
+            _distmat_case(MARKET_QUARTER, True, "a quarter of Market so the reference runs in seconds"),
+            _distmat_case(MARKET, False, "reference ~45 s here, torchreid's python loop ~340 s"),
+            _features_case(MARKET_QUARTER, 256, True, "D=256: the GEMM at D=2048 runs ~18 GFLOP/s here"),
+            _features_case(MSMT17, 32, False, "D=32 (GEMM-bound otherwise); " + streamed),
         ]
-    out = [_distmat_case(device, MARKET, True), _features_case(device, MARKET, 2048, True)]
-    for size in (MSMT17, MILLION):
-        case = _features_case(device, size, 2048, False)
-        case.note = _gpu_memory_note(case.providers["fgreid"])
-        out.append(case)
-    return out
+    return [_distmat_case(MARKET, True), _features_case(MARKET, 2048, True),
+            *(_features_case(s, 2048, False, "the results hold the peak GPU memory") for s in (MSMT17, MILLION))]
 
 
 def _measure(size_name, D):

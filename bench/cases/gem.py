@@ -5,30 +5,38 @@ import torch
 import fgreid_ops
 from fgreid_ops.reference import gem_reference
 
-from common import Case, compiled, forward_backward, nbytes
+from common import Case, bound, bound_backward, compiled, nbytes, our_backends, spec
 
 SHAPES = [(64, 2048, 24, 8), (160, 2048, 7, 7)]
 QUICK_SHAPES = [(4, 64, 24, 8)]
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    out = []
-    for shape in QUICK_SHAPES if quick else SHAPES:
-        x = torch.rand(shape, device=device)
-        p = torch.tensor([3.0], device=device)
-        backends = {"fgreid": None}
-        if device == "cuda" and fgreid_ops._backend.triton_available("cuda"):
-            backends = {"fgreid-cuda": "cuda", "fgreid-triton": "triton"}
-        ours = {name: (lambda b: lambda x, p: fgreid_ops.gem(x, p, backend=b))(b) for name, b in backends.items()}
-        compiled_ref = compiled(gem_reference)
-        config = f"x={list(shape)} p=[1]"
-        fwd = {"eager": lambda: gem_reference(x, p), "compile": lambda: compiled_ref(x, p)}
-        fwd.update({name: (lambda f: lambda: f(x, p))(f) for name, f in ours.items()})
-        out.append(Case("gem", config, "fwd", nbytes(x) + x.shape[0] * x.shape[1] * x.element_size(), fwd))
+def _gem(backend):
+    def run(x, p):
+        return fgreid_ops.gem(x, p, backend=backend)
+    return run
 
-        xg, pg = x.clone().requires_grad_(), p.clone().requires_grad_()
-        bwd = {"eager": forward_backward(gem_reference, (xg, pg)), "compile": forward_backward(compiled_ref, (xg, pg))}
-        bwd.update({name: forward_backward(f, (xg, pg)) for name, f in ours.items()})
+
+def _setup(shape, backward, backends):
+    def setup(device):
+        torch.manual_seed(0)
+        x = torch.rand(shape, device=device).requires_grad_(backward)
+        p = torch.tensor([3.0], device=device).requires_grad_(backward)
+        fns = {"eager": gem_reference, "compile": compiled(gem_reference),
+               **{name: _gem(b) for name, b in backends.items()}}
+        make = bound_backward if backward else bound
+        return {name: make(fn, x, p) for name, fn in fns.items()}
+    return setup
+
+
+def cases(device: str, size: str) -> list[Case]:
+    out = []
+    for shape in QUICK_SHAPES if size == "quick" else SHAPES:
+        inputs = {"x": spec(shape), "p": spec((1,))}
+        config = f"x={list(shape)} p=[1]"
+        x = inputs["x"]
+        out.append(Case("gem", config, "fwd", inputs, _setup(shape, False, our_backends(device)),
+                        nbytes(x) + shape[0] * shape[1] * 4))
         # the least traffic: forward reads x, backward reads x and writes grad_x
-        out.append(Case("gem", config, "fwd+bwd", 3 * nbytes(x), bwd))
+        out.append(Case("gem", config, "fwd+bwd", inputs, _setup(shape, True, our_backends(device)), 3 * nbytes(x)))
     return out

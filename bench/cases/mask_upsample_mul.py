@@ -1,75 +1,79 @@
 """Fused localization: the 5 ResNet-50 levels of the FG video model (N·T = 16·10 = 160 frames of
 224×224) with 7×7 and 14×14 attention masks, one mask per frame ([N, 1, h, w]) or per channel
-([N, C, h, w]), pool False and True, bilinear: 40 shapes on CUDA.
+([N, C, h, w]), pool False and True, bilinear: 40 shapes on CUDA with --full; the default run
+takes the per-frame 7×7 mask unpooled and the per-channel 14×14 mask pooled at every level.
 
-CPU (2 shared cores here, and torch.compile recompiles per shape) runs a scaled-down subset: N
-160 -> 2, levels 1, 3 and 5 (112², 28², 7²), masks [N, 1, 7, 7] and [N, C, 14, 14], pool False and
-True. The quick smoke run is one small shape with pool=True."""
+CPU (2 cores, and torch.compile compiles per shape) runs a scaled-down subset: N 160 -> 2, levels
+1, 3 and 5 (112², 28², 7²); --full: masks [N, 1, 7, 7] and [N, C, 14, 14], pool False and True;
+the default run: the per-frame mask unpooled and the per-channel mask pooled."""
 
 import torch
-import torch._dynamo
 
 import fgreid_ops
 from fgreid_ops.reference import mask_upsample_mul_reference
 
-from common import Case, compiled, forward_backward, nbytes
+from common import Case, bound, bound_backward, compiled, nbytes, spec
 
 LEVELS = [(64, 112), (256, 56), (512, 28), (1024, 14), (2048, 7)]  # (C, H = W)
 N_CUDA, N_CPU = 160, 2
 
 
-def _configs(device, quick):
-    """(N, C, H, mask channels or None for C, h, pools)."""
-    if quick:
-        return [(2, 64, 28, 1, 7, (True,))]
+def _configs(device, size):
+    """(N, C, H, mask channels or None for C, h, pool)."""
+    if size == "quick":
+        return [(2, 64, 28, 1, 7, True)]
+    if device == "cuda" and size == "full":
+        return [(N_CUDA, c, s, cm, h, pool) for c, s in LEVELS for cm in (1, None) for h in (7, 14)
+                for pool in (False, True)]
     if device == "cuda":
-        return [(N_CUDA, c, s, cm, h, (False, True)) for c, s in LEVELS for cm in (1, None) for h in (7, 14)]
-    return [(N_CPU, c, s, cm, h, (False, True)) for c, s in LEVELS[::2] for cm, h in ((1, 7), (None, 14))]
+        return [(N_CUDA, c, s, cm, h, pool) for c, s in LEVELS for cm, h, pool in ((1, 7, False), (None, 14, True))]
+    if size == "full":
+        return [(N_CPU, c, s, cm, h, pool) for c, s in LEVELS[::2] for cm, h in ((1, 7), (None, 14))
+                for pool in (False, True)]
+    return [(N_CPU, c, s, cm, h, pool) for c, s in LEVELS[::2] for cm, h, pool in ((1, 7, False), (None, 14, True))]
 
 
 def _mb(elements, element_size):
     return elements * element_size / 1e6
 
 
-def cases(device: str, quick: bool) -> list[Case]:
-    # 20 shapes x pool: more than dynamo's default of 8 recompiles per function, after which the
-    # "compile" provider would silently run eager.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+def _ref(feat, mask, pool):
+    return mask_upsample_mul_reference(feat, mask, "bilinear", pool)
+
+
+def _ours(feat, mask, pool):
+    return fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool)
+
+
+def _setup(feat_shape, mask_shape, pool, backward):
+    def setup(device):
+        torch.manual_seed(0)
+        feat = torch.rand(feat_shape, device=device).requires_grad_(backward)
+        mask = torch.rand(mask_shape, device=device).requires_grad_(backward)
+        make = bound_backward if backward else bound
+        fns = {"eager": _ref, "compile": compiled(_ref), "fgreid": _ours}
+        return {name: make(fn, feat, mask, pool) for name, fn in fns.items()}
+    return setup
+
+
+def cases(device: str, size: str) -> list[Case]:
     out = []
-    for N, C, S, cm, h, pools in _configs(device, quick):
-        feat = torch.rand(N, C, S, S, device=device)
-        mask = torch.rand(N, cm or C, h, h, device=device)
-        for pool in pools:
-            out.extend(_cases_for(feat, mask, pool, device))
+    for N, C, H, cm, h, pool in _configs(device, size):
+        feat, mask = (N, C, H, H), (N, cm or C, h, h)
+        inputs = {"feat": spec(feat), "mask": spec(mask)}
+        es = 4
+        config = f"feat={list(feat)} mask={list(mask)} {'pool' if pool else 'map'}"
+        note = "CPU: N scaled 160->2, levels 1/3/5 only. " if device == "cpu" and size != "quick" else ""
+        if pool:
+            note += (f"pool=True never writes the [N,C,H,W] product: {_mb(N * C * H * H, es):.1f} MB of writes saved "
+                     f"per call vs pool=False (the eager reference also writes and re-reads the product and the "
+                     f"{_mb(N * mask[1] * H * H, es):.1f} MB upsampled mask)")
+        read = nbytes(inputs["feat"], inputs["mask"])
+        out_bytes = N * C * es if pool else nbytes(inputs["feat"])
+        out.append(Case("mask_upsample_mul", config, "fwd", inputs, _setup(feat, mask, pool, False),
+                        read + out_bytes, note))
+        # least traffic: the forward, then read grad_out, feat and mask, write grad_feat and grad_mask
+        grad_bytes = out_bytes + 2 * nbytes(inputs["feat"]) + 2 * nbytes(inputs["mask"])
+        out.append(Case("mask_upsample_mul", config, "fwd+bwd", inputs, _setup(feat, mask, pool, True),
+                        read + out_bytes + grad_bytes, note))
     return out
-
-
-def _cases_for(feat, mask, pool, device):
-    N, C, H, W = feat.shape
-    Cm = mask.shape[1]
-    es = feat.element_size()
-    config = f"feat={list(feat.shape)} mask={list(mask.shape)} {'pool' if pool else 'map'}"
-    note = "CPU: N scaled 160->2, levels 1/3/5 only. " if device == "cpu" and N != N_CUDA else ""
-    if pool:
-        note += (f"pool=True never writes the [N,C,H,W] product: {_mb(feat.numel(), es):.1f} MB of writes saved per "
-                 f"call vs pool=False (the eager reference also writes and re-reads the product and the "
-                 f"{_mb(N * Cm * H * W, es):.1f} MB upsampled mask)")
-    ref = lambda f, m: mask_upsample_mul_reference(f, m, "bilinear", pool)  # noqa: E731
-    ours = lambda f, m: fgreid_ops.mask_upsample_mul(f, m, "bilinear", pool)  # noqa: E731
-    compiled_ref = compiled(ref)
-
-    out_bytes = N * C * es if pool else nbytes(feat)
-    fwd = {
-        "eager": lambda: ref(feat, mask),
-        "compile": lambda: compiled_ref(feat, mask),
-        "fgreid": lambda: ours(feat, mask),
-    }
-    cases = [Case("mask_upsample_mul", config, "fwd", nbytes(feat, mask) + out_bytes, fwd, note)]
-
-    fg, mg = feat.clone().requires_grad_(), mask.clone().requires_grad_()
-    bwd = {name: forward_backward(fn, (fg, mg)) for name, fn in
-           (("eager", ref), ("compile", compiled_ref), ("fgreid", ours))}
-    # least traffic: the forward above, then read grad_out, feat and mask, write grad_feat and grad_mask
-    grad_bytes = (N * C * es if pool else nbytes(feat)) + 2 * nbytes(feat) + 2 * nbytes(mask)
-    cases.append(Case("mask_upsample_mul", config, "fwd+bwd", nbytes(feat, mask) + out_bytes + grad_bytes, bwd, note))
-    return cases
