@@ -44,7 +44,7 @@ def _check_inputs(f1, f2, k):
     return _check_k(k)
 
 
-def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, *, backend: str | None = None):
+def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, pool: bool = False, *, backend: str | None = None):
     """Masks the k most-attended positions of f1 out of f2 (CUHS eq. 5-6).
 
     ``A[n] = sum_c f1[n, c]`` ([N, H, W], float32 accumulation; float64 for float64 input);
@@ -57,10 +57,13 @@ def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, *, backend: str | None
         f2: the feature map to mask, same shape, dtype and device as f1.
         k: number of positions to zero per sample, an int >= 0. k = 0 returns a copy of f2
             (mask all ones); k >= H*W zeroes everything.
+        pool: return ``(f2 * mask).mean((2, 3))``, [N, C], instead of the product, which is then
+            never written (its backward writes ``grad_f2 = grad / (H*W) * mask`` directly).
         backend: None (auto), "reference", "cpu", "cuda" or "triton".
 
     Returns ``(out, mask)``: out [N, C, H, W] in f2's dtype (channels_last when f2 is, else
-    contiguous) and mask [N, 1, H, W] in f2's dtype (0.0 / 1.0).
+    contiguous), or with pool the contiguous [N, C] mean, and mask [N, 1, H, W] in f2's dtype
+    (0.0 / 1.0).
 
     Ties: among equal values of A the lower flat index h*W + w is zeroed first, so the result is
     deterministic and equal on every backend; NaN in A counts as larger than any number (as in
@@ -68,35 +71,57 @@ def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, *, backend: str | None
     exactly as ``f2 * mask``. Which positions are picked depends on A's float32 rounding: when
     two sums differ by less than their rounding error, backends may pick different ones.
 
-    Gradient: ``grad_f2 = grad_out * mask``. f1 receives none (the selection is piecewise
+    Gradient: ``grad_f2 = grad_out * mask`` (with pool: ``grad_out[n, c] / (H*W) * mask``, rounded
+    to the dtype before the product as autograd's mean backward does; contiguous). f1 receives none (the selection is piecewise
     constant in f1): ``f1.grad`` stays None when f1 is used only here. The mask output is not
     differentiable.
     """
     k = _check_inputs(f1, f2, k)
+    pool = _check_pool(pool)
     backend = _backend.resolve(_OP, f1.device.type, backend)
     if backend == "reference":
-        return topk_mask_reference(f1, f2, k)
+        return topk_mask_reference(f1, f2, k, pool)
     if backend == "triton":
-        return torch.ops.fgreid.topk_mask_triton(f1, f2, k)
-    return torch.ops.fgreid.topk_mask(f1, f2, k)
+        return torch.ops.fgreid.topk_mask_triton(f1, f2, k, pool)
+    return torch.ops.fgreid.topk_mask(f1, f2, k, pool)
 
 
 def _layout_of(t):
     return torch.channels_last if checks.is_channels_last(t) else torch.contiguous_format
 
 
-def _fake_forward(f1, f2, k):
+def _check_pool(pool):
+    if not isinstance(pool, bool):
+        raise TypeError(f"fgreid_ops.topk_mask: expected pool to be a bool, got {type(pool).__name__}")
+    return pool
+
+
+def _fake_forward(f1, f2, k, pool=False):
     _check_inputs(f1, f2, k)
-    N, _, H, W = f2.shape
-    out = torch.empty(f2.shape, dtype=f2.dtype, device=f2.device, memory_format=_layout_of(f2))
+    N, C, H, W = f2.shape
+    if pool:
+        out = f2.new_empty((N, C))
+    else:
+        out = torch.empty(f2.shape, dtype=f2.dtype, device=f2.device, memory_format=_layout_of(f2))
     return out, f2.new_empty((N, 1, H, W))
 
 
-def _check_backward_inputs(grad_out, mask):
-    checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
+def _check_backward_inputs(grad_out, mask, pool=False):
+    """The checks of topk_mask_checks.h; grad_out is [N, C] with pool."""
+    if pool:
+        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)")
+    else:
+        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
     checks.check_float_dtype("topk_mask_backward", "grad_out", grad_out)
     checks.check_float_dtype("topk_mask_backward", "mask", mask)
     checks.check_same_device("topk_mask_backward", "mask", mask, "grad_out", grad_out)
+    if pool:
+        if mask.dim() != 4 or mask.shape[0] != grad_out.shape[0] or mask.shape[1] != 1:
+            raise ValueError(
+                f"fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W] with N={grad_out.shape[0]}, "
+                f"got {list(mask.shape)}"
+            )
+        return
     N, _, H, W = grad_out.shape
     if mask.shape != (N, 1, H, W):
         raise ValueError(
@@ -105,13 +130,16 @@ def _check_backward_inputs(grad_out, mask):
         )
 
 
-def _fake_backward(grad_out, mask):
-    _check_backward_inputs(grad_out, mask)
+def _fake_backward(grad_out, mask, pool=False):
+    _check_backward_inputs(grad_out, mask, pool)
+    if pool:
+        return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], mask.shape[2], mask.shape[3]))
     return torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=_layout_of(grad_out))
 
 
 def _setup_context(ctx, inputs, output):
     _, mask = output
+    ctx.pool = inputs[3] if len(inputs) > 3 else False
     ctx.save_for_backward(mask)
     ctx.mark_non_differentiable(mask)
 
@@ -119,8 +147,8 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_out, _grad_mask):
         (mask,) = ctx.saved_tensors
-        grad_f2 = backward_op(grad_out, mask) if ctx.needs_input_grad[1] else None
-        return None, grad_f2, None
+        grad_f2 = backward_op(grad_out, mask, ctx.pool) if ctx.needs_input_grad[1] else None
+        return (None, grad_f2) + (None,) * (len(ctx.needs_input_grad) - 2)
 
     return backward
 

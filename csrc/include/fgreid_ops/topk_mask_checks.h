@@ -21,12 +21,23 @@ inline void check_topk_mask_inputs(const at::Tensor& f1, const at::Tensor& f2, i
   TORCH_CHECK_VALUE(k >= 0, "fgreid_ops.topk_mask: expected k >= 0, got ", k);
 }
 
-// grad_out [N, C, H, W] and the mask [N, 1, H, W] the forward returned.
-inline void check_topk_mask_backward_inputs(const at::Tensor& grad_out, const at::Tensor& mask) {
-  check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)");
+// grad_out [N, C, H, W] (or [N, C], the gradient of the pooled output, with pool) and the mask
+// [N, 1, H, W] the forward returned.
+inline void check_topk_mask_backward_inputs(const at::Tensor& grad_out, const at::Tensor& mask, bool pool) {
+  if (pool) {
+    check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)");
+  } else {
+    check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)");
+  }
   check_float_dtype("topk_mask_backward", "grad_out", grad_out);
   check_float_dtype("topk_mask_backward", "mask", mask);
   check_same_device("topk_mask_backward", "mask", mask, "grad_out", grad_out);
+  if (pool) {
+    TORCH_CHECK_VALUE(mask.dim() == 4 && mask.size(0) == grad_out.size(0) && mask.size(1) == 1,
+                      "fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W] with N=",
+                      grad_out.size(0), ", got ", mask.sizes());
+    return;
+  }
   TORCH_CHECK_VALUE(mask.dim() == 4 && mask.size(0) == grad_out.size(0) && mask.size(1) == 1 &&
                         mask.size(2) == grad_out.size(2) && mask.size(3) == grad_out.size(3),
                     "fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W]=[",
