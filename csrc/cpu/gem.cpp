@@ -15,6 +15,7 @@
 #include "fgreid_ops/checks.h"
 #include "fgreid_ops/gem_checks.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/grad_planes.h"
 
 namespace fgreid_ops {
 namespace {
@@ -139,11 +140,11 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
   const auto pc = exponents_per_channel<acc_t>(p, C);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
+  const GradPlanes<scalar_t> g(grad_out);  // [N, C] with any strides (sum's expand: all 0)
   scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
   acc_t* gpd = need_grad_p ? grad_p_rows.mutable_data_ptr<acc_t>() : nullptr;
   const auto row_grad_of = [&](int64_t row, acc_t sum_t) {
-    return GemRowGrad<acc_t>(static_cast<acc_t>(gd[row]), sum_t, pc[row % C], HW);
+    return GemRowGrad<acc_t>(static_cast<acc_t>(*g.plane(row / C, row % C)), sum_t, pc[row % C], HW);
   };
 
   if (!is_channels_last_4d(x)) {
@@ -197,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out_i
                                                     bool need_grad_p) {
   check_gem_inputs(x_in, p, eps);
   const at::Tensor x = as_supported_layout(x_in);
-  const at::Tensor grad_out = grad_out_in.to(x.scalar_type()).contiguous();
+  const at::Tensor grad_out = grad_out_in.to(x.scalar_type());
   const auto layout =
       is_channels_last_4d(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(layout));

@@ -15,9 +15,10 @@ struct GradPlanes {
   const scalar_t* data;
   int64_t sn, sc, sh, sw, H, W;
 
+  // g is [N, C, H, W], or [N, C] (the gradient of a pooled output), read as planes of one value.
   explicit GradPlanes(const at::Tensor& g)
-      : data(g.const_data_ptr<scalar_t>()), sn(g.stride(0)), sc(g.stride(1)), sh(g.stride(2)), sw(g.stride(3)),
-        H(g.size(2)), W(g.size(3)) {}
+      : data(g.const_data_ptr<scalar_t>()), sn(g.stride(0)), sc(g.stride(1)), sh(g.dim() == 4 ? g.stride(2) : 0),
+        sw(g.dim() == 4 ? g.stride(3) : 0), H(g.dim() == 4 ? g.size(2) : 1), W(g.dim() == 4 ? g.size(3) : 1) {}
 
   // Every plane holds one value (stride 0 over H and W): the backward can work per plane.
   bool constant() const { return (H == 1 || sh == 0) && (W == 1 || sw == 0); }
