@@ -31,16 +31,18 @@ def grad_like(out: torch.Tensor, layout: str, generator: torch.Generator | None 
     raise ValueError(layout)
 
 
+
 # What a backward must not run on its incoming gradient.
 COPY_OPS = {"aten::copy_", "aten::clone", "aten::contiguous"}
 
 
-def ops_run(fn, op_name: str) -> set:
-    """The names of the ops the profiler saw while fn ran; checks that it saw `op_name`."""
+def copies_of_shape(fn, op_name: str, shape) -> list:
+    """The copy ops (COPY_OPS) that ran on a tensor of `shape` while fn ran; checks that the
+    profiler saw `op_name`."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         fn()
-    names = {e.name for e in prof.events()}
-    assert op_name in names, names
-    return names
+    events = prof.events()
+    assert any(e.name == op_name for e in events), {e.name for e in events}
+    return [e.name for e in events if e.name in COPY_OPS and list(shape) in [list(s) for s in e.input_shapes]]

@@ -8,6 +8,7 @@ import fgreid_ops
 from fgreid_ops.reference import off_reference
 from fgreid_ops.reference.off import SOBEL_X, SOBEL_Y
 
+from grad_layouts import GRAD_LAYOUTS, copies_of_shape, grad_like
 from helpers import DTYPES, assert_close, kernel_backends, to_layout
 
 # OFF has no Triton kernel: the CPU and CUDA C++ kernels.
@@ -422,3 +423,24 @@ def test_reference_backend_is_conv2d():
     ky = torch.tensor(SOBEL_Y).expand(3, 1, 3, 3)
     eager = torch.cat([F.conv2d(a, kx, padding=1, groups=3), F.conv2d(a, ky, padding=1, groups=3), b - a], 1)
     torch.testing.assert_close(fgreid_ops.off(a, b), eager)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("segment", [False, True], ids=["pair", "segment"])
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_backward_grad_layouts(backend, device, dtype, segment, grad_layout):
+    # the gradients the models send: GAP's and sum's expands, a broadcast, a permuted one
+    x = rand((2, 5, 3, 6, 5), dtype, device).requires_grad_()
+    call = (lambda v, f: f(v, stride=2)) if segment else (lambda v, f: f(v[:, :-2], v[:, 2:]))
+    out = call(x, lambda *a, **k: fgreid_ops.off(*a, backend=backend, **k))
+    grad = grad_like(out, grad_layout, torch.Generator().manual_seed(5))
+    (gx,) = torch.autograd.grad(out, x, grad)
+    xr = x.detach().double().requires_grad_()
+    (gxr,) = torch.autograd.grad(call(xr, off_reference), xr, grad.double())
+    assert_close(gx, gxr, dtype, grad=True)
+    if device == "cpu":
+        out = call(x, lambda *a, **k: fgreid_ops.off(*a, backend=backend, **k))
+        op = "fgreid::off_segment_backward" if segment else "fgreid::off_backward"
+        copies = copies_of_shape(lambda: torch.autograd.grad(out, x, grad), op, grad.shape)
+        assert not copies, copies
