@@ -1,47 +1,12 @@
 """Top-k attention exploration (SPEC §4, CUHS eq. 5-6): the public function, its fakes and its
 autograd."""
 
-import operator
-
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from ._register import register_with_backward
+from .. import _backend, _registry
+from .._checks import is_channels_last
+from ..checks.topk_mask import check_backward_inputs, check_inputs
 from ..reference.topk_mask import topk_mask_reference
-
-_OP = "topk_mask"
-
-
-def _check_k(k):
-    if isinstance(k, torch.SymInt):
-        value = k
-    else:
-        try:
-            if isinstance(k, bool):
-                raise TypeError
-            value = operator.index(k)
-        except TypeError:
-            raise TypeError(f"fgreid_ops.topk_mask: expected k to be an int, got {type(k).__name__}") from None
-    if value < 0:
-        raise ValueError(f"fgreid_ops.topk_mask: expected k >= 0, got {value}")
-    return value
-
-
-def _check_inputs(f1, f2, k):
-    """The checks of csrc/include/fgreid_ops/topk_mask_checks.h, in the same order; returns k as an int."""
-    checks.check_tensor(_OP, "f1", f1)
-    checks.check_tensor(_OP, "f2", f2)
-    checks.check_dim(_OP, "f1", f1, 4, "(N, C, H, W)")
-    checks.check_float_dtype(_OP, "f1", f1)
-    checks.check_same_device(_OP, "f2", f2, "f1", f1)
-    if f2.dtype != f1.dtype:
-        raise TypeError(f"fgreid_ops.topk_mask: expected f2 to have the same dtype as f1 ({f1.dtype}), got {f2.dtype}")
-    if f2.shape != f1.shape:
-        raise ValueError(f"fgreid_ops.topk_mask: expected f2 of the same shape as f1 {list(f1.shape)}, got {list(f2.shape)}")
-    checks.check_nonempty_batch(_OP, "f1", f1)
-    checks.check_nonempty(_OP, "f1", f1)
-    return _check_k(k)
 
 
 def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, pool: bool = False, *, backend: str | None = None):
@@ -71,33 +36,21 @@ def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, pool: bool = False, *,
     exactly as ``f2 * mask``. Which positions are picked depends on A's float32 rounding: when
     two sums differ by less than their rounding error, backends may pick different ones.
 
-    Gradient: ``grad_f2 = grad_out * mask`` (with pool: ``grad_out[n, c] / (H*W) * mask``, rounded
-    to the dtype before the product as autograd's mean backward does; contiguous). f1 receives none (the selection is piecewise
+    Gradient: ``grad_f2 = grad_out * mask``; with pool ``grad_out[n, c] / (H*W) * mask`` (the
+    quotient rounded to the dtype first, as autograd's mean backward does), contiguous. f1 receives none (the selection is piecewise
     constant in f1): ``f1.grad`` stays None when f1 is used only here. The mask output is not
     differentiable.
     """
-    k = _check_inputs(f1, f2, k)
-    pool = _check_pool(pool)
-    backend = _backend.resolve(_OP, f1.device.type, backend)
-    if backend == "reference":
-        return topk_mask_reference(f1, f2, k, pool)
-    if backend == "triton":
-        return torch.ops.fgreid.topk_mask_triton(f1, f2, k, pool)
-    return torch.ops.fgreid.topk_mask(f1, f2, k, pool)
+    k = check_inputs(f1, f2, k, pool)
+    return _backend.dispatch(TOPK_MASK, f1.device.type, backend, f1, f2, k, pool)
 
 
 def _layout_of(t):
-    return torch.channels_last if checks.is_channels_last(t) else torch.contiguous_format
-
-
-def _check_pool(pool):
-    if not isinstance(pool, bool):
-        raise TypeError(f"fgreid_ops.topk_mask: expected pool to be a bool, got {type(pool).__name__}")
-    return pool
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
 
 
 def _fake_forward(f1, f2, k, pool=False):
-    _check_inputs(f1, f2, k)
+    check_inputs(f1, f2, k, pool)
     N, C, H, W = f2.shape
     if pool:
         out = f2.new_empty((N, C))
@@ -106,32 +59,8 @@ def _fake_forward(f1, f2, k, pool=False):
     return out, f2.new_empty((N, 1, H, W))
 
 
-def _check_backward_inputs(grad_out, mask, pool=False):
-    """The checks of topk_mask_checks.h; grad_out is [N, C] with pool."""
-    if pool:
-        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)")
-    else:
-        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
-    checks.check_float_dtype("topk_mask_backward", "grad_out", grad_out)
-    checks.check_float_dtype("topk_mask_backward", "mask", mask)
-    checks.check_same_device("topk_mask_backward", "mask", mask, "grad_out", grad_out)
-    if pool:
-        if mask.dim() != 4 or mask.shape[0] != grad_out.shape[0] or mask.shape[1] != 1:
-            raise ValueError(
-                f"fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W] with N={grad_out.shape[0]}, "
-                f"got {list(mask.shape)}"
-            )
-        return
-    N, _, H, W = grad_out.shape
-    if mask.shape != (N, 1, H, W):
-        raise ValueError(
-            f"fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W]=[{N}, 1, {H}, {W}], "
-            f"got {list(mask.shape)}"
-        )
-
-
 def _fake_backward(grad_out, mask, pool=False):
-    _check_backward_inputs(grad_out, mask, pool)
+    check_backward_inputs(grad_out, mask, pool)
     if pool:
         return grad_out.new_empty((grad_out.shape[0], grad_out.shape[1], mask.shape[2], mask.shape[3]))
     return torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=_layout_of(grad_out))
@@ -153,4 +82,15 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("topk_mask", "topk_mask_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
+TOPK_MASK = _registry.register(_registry.OpDef(
+    name="topk_mask", op="topk_mask", check=check_inputs, fake=_fake_forward, reference=topk_mask_reference,
+    signature="(Tensor f1, Tensor f2, int k, bool pool=False) -> (Tensor out, Tensor mask)",
+    cpp=("cpu", "cuda"), triton="topk_mask",
+    backward=_registry.Backward(
+        fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
+        signature="(Tensor grad_out, Tensor mask, bool pool=False) -> Tensor",
+    ),
+    onnx="topk_mask_onnx",
+))
+
+__all__ = ["topk_mask"]

@@ -24,3 +24,5 @@ def topk_mask_reference(f1: torch.Tensor, f2: torch.Tensor, k: int, pool: bool =
     mask = mask.reshape(N, 1, H, W)
     out = f2 * mask
     return (out.mean((2, 3)) if pool else out), mask
+
+__all__ = ["topk_mask_reference"]

@@ -1,18 +1,19 @@
-"""Top-k attention exploration in Triton (SPEC §4), registered as fgreid::topk_mask_triton /
+"""Top-k attention exploration in Triton (SPEC §4): the launchers of fgreid::topk_mask_triton /
 topk_mask_triton_backward.
 
 Three launches: partial channel sums of f1 over fixed chunks of channels (no atomics, so the
 result is deterministic), the per-sample selection by rank, and the masked multiply (with pool:
-the masked mean over H x W, the product never written; its backward writes g / (H W) * mask). Inputs are
-read through their own strides (channels_last and sliced views need no copy)."""
+the masked mean over H x W, the product never written; its backward writes g / (H W) * mask).
+Inputs and gradients are read through their own strides (channels_last, sliced views and
+expanded gradients need no copy)."""
 
 import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
 from .._checks import is_channels_last
-from ..ops.topk_mask import _check_backward_inputs, _check_inputs
+from ..checks.topk_mask import check_backward_inputs, check_inputs
+from ._utils import acc_dtype, grid, launcher
 
 # Channels per partial sum: fixed, so the attention map does not depend on the launch.
 CHANNEL_CHUNK = 128
@@ -139,8 +140,15 @@ def _topk_mask_pool_backward_kernel(
     tl.store(out_ptr + e, (v * m).to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def _acc_dtype(t):
-    return (tl.float64, torch.float64) if t.dtype == torch.float64 else (tl.float32, torch.float32)
+def _masked_mean(x, mask):
+    N, C, H, W = x.shape
+    out = x.new_empty((N, C))
+    block_c = min(triton.next_power_of_2(C), 32)
+    block_hw = min(triton.next_power_of_2(H * W), 64)
+    _topk_mask_pool_kernel[(N, *grid((C, block_c)))](
+        x, mask, out, C, H * W, W, *x.stride(), BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=acc_dtype(x.dtype)[1],
+    )
+    return out
 
 
 def _masked_multiply(x, mask):
@@ -152,26 +160,15 @@ def _masked_multiply(x, mask):
     if total == 0:
         return out
     block = 1024
-    _topk_mask_mul_kernel[(triton.cdiv(total, block),)](
+    _topk_mask_mul_kernel[grid((total, block))](
         x, mask, out, total, C, H * W, W, *x.stride(),
-        CHANNELS_LAST=channels_last, BLOCK=block, ACC=_acc_dtype(x)[0],
+        CHANNELS_LAST=channels_last, BLOCK=block, ACC=acc_dtype(x.dtype)[1],
     )
     return out
 
 
-def _masked_mean(x, mask):
-    N, C, H, W = x.shape
-    out = x.new_empty((N, C))
-    block_c = min(triton.next_power_of_2(C), 32)
-    block_hw = min(triton.next_power_of_2(H * W), 64)
-    _topk_mask_pool_kernel[(N, triton.cdiv(C, block_c))](
-        x, mask, out, C, H * W, W, *x.stride(), BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=_acc_dtype(x)[0],
-    )
-    return out
-
-
+@launcher(check_inputs)
 def topk_mask_triton(f1, f2, k, pool=False):
-    _check_inputs(f1, f2, k)  # for direct torch.ops callers: the launches index by these shapes
     N, C, H, W = f1.shape
     HW = H * W
     mask = f2.new_empty((N, 1, H, W))
@@ -180,38 +177,35 @@ def topk_mask_triton(f1, f2, k, pool=False):
         mask.fill_(1.0 if k == 0 else 0.0)
         return apply(f2, mask), mask
     chunks = triton.cdiv(C, CHANNEL_CHUNK)
-    partial = torch.empty((N, chunks, HW), dtype=_acc_dtype(f1)[1], device=f1.device)
+    partial = torch.empty((N, chunks, HW), dtype=acc_dtype(f1.dtype)[0], device=f1.device)
     block_c = min(triton.next_power_of_2(C), 32)
     block_hw = min(triton.next_power_of_2(HW), 64)
-    _topk_mask_sum_kernel[(N * chunks, triton.cdiv(HW, block_hw))](
+    _topk_mask_sum_kernel[(N * chunks, *grid((HW, block_hw)))](
         f1, partial, C, HW, W, chunks, *f1.stride(),
         CHUNK=CHANNEL_CHUNK, BLOCK_C=block_c, BLOCK_HW=block_hw,
     )
     block_i = min(triton.next_power_of_2(HW), 64)
     block_j = min(triton.next_power_of_2(HW), 64)
-    _topk_mask_select_kernel[(N, triton.cdiv(HW, block_i))](
+    _topk_mask_select_kernel[(N, *grid((HW, block_i)))](
         partial, mask, HW, chunks, k, BLOCK_I=block_i, BLOCK_J=block_j,
     )
     return apply(f2, mask), mask
 
 
+@launcher(check_backward_inputs)
 def topk_mask_triton_backward(grad_out, mask, pool=False):
-    _check_backward_inputs(grad_out, mask, pool)
     mask = mask.to(grad_out.dtype).contiguous()
     if not pool:
         return _masked_multiply(grad_out, mask)
     N, C = grad_out.shape
-    HW = mask.shape[2] * mask.shape[3]
     out = grad_out.new_empty((N, C, mask.shape[2], mask.shape[3]))
     total = out.numel()
     if total == 0:
         return out
     block = 1024
-    _topk_mask_pool_backward_kernel[(triton.cdiv(total, block),)](
-        grad_out, mask, out, total, C, HW, *grad_out.stride(), BLOCK=block, ACC=_acc_dtype(grad_out)[0],
+    _topk_mask_pool_backward_kernel[grid((total, block))](
+        grad_out, mask, out, total, C, mask.shape[2] * mask.shape[3], *grad_out.stride(),
+        BLOCK=block, ACC=acc_dtype(grad_out.dtype)[1],
     )
     return out
 
-
-torch.library.register_kernel("fgreid::topk_mask_triton", DEVICES, topk_mask_triton)
-torch.library.register_kernel("fgreid::topk_mask_triton_backward", DEVICES, topk_mask_triton_backward)
