@@ -44,9 +44,11 @@ TORCH_LIBRARY(fgreid, m) {
       "evaluate_finalize(Tensor match_offsets, Tensor match_index, Tensor match_dist,"
       " Tensor counts) -> (Tensor first_hit, Tensor ap, Tensor inp)");
   // Top-k attention exploration (docs/ops.md#topk_mask, CUHS eq. 5-6). mask is [N, 1, H, W] in f2's dtype;
-  // the backward is grad_f2 = grad_out * mask (f1 gets no gradient).
-  m.def("topk_mask(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
-  m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
+  // the backward is grad_f2 = grad_out * mask (f1 gets no gradient). With pool, out is the
+  // mean over H x W of f2 * mask, [N, C], and the product is never written; grad_out is then
+  // [N, C] and grad_f2 = grad_out / (H W) * mask.
+  m.def("topk_mask(Tensor f1, Tensor f2, int k, bool pool=False) -> (Tensor out, Tensor mask)");
+  m.def("topk_mask_backward(Tensor grad_out, Tensor mask, bool pool=False) -> Tensor");
   // Batch-hard triplet mining (docs/ops.md#batch_hard_triplet): for each anchor row of emb, the index into ref_emb of
   // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
   // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.

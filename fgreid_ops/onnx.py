@@ -11,7 +11,8 @@ gem, gem_triton         Cast(float) → Max(x, eps) → Pow(p) → ReduceMean(H,
 off                     two depthwise 3×3 Convs (Sobel Kx, Ky; group = C, pad 1) + Sub(b, a) + Concat
 off_segment             Slice(x, t < T−d), Slice(x, t ≥ d), then the ``off`` lowering
 mask_upsample_mul       Resize(mask → H×W) + Mul (+ ReduceMean over H, W when ``pool``)
-topk_mask, …_triton     ReduceSum(C) → TopK(k) → ScatterElements(0 into ones) → Mul
+topk_mask, …_triton     ReduceSum(C) → TopK(k) → ScatterElements(0 into ones) → Mul (+ ReduceMean over
+                        H, W when ``pool``)
 ======================  ===========================================================================
 
 Only batch is dynamic: C, H and W are read from the traced shapes and baked in as constants
@@ -164,10 +165,11 @@ def mask_upsample_mul_onnx(feat, mask, mode: str, pool: bool):
     return op.Mul(feat, op.CastLike(up, feat))
 
 
-def topk_mask_onnx(f1, f2, k: int):
+def topk_mask_onnx(f1, f2, k: int, pool: bool = False):
     """Top-k masking: ``A = ReduceSum_c f1`` (float32); mask = 1 except 0 at ``TopK(A, k)`` indices
-    (ScatterElements of zeros into ones); ``out = f2 ⊙ mask``. Returns (out, mask [N, 1, H, W])
-    with the mask in f2's dtype, like the op.
+    (ScatterElements of zeros into ones); ``out = f2 ⊙ mask``, or with ``pool`` its ReduceMean over
+    H×W accumulated in float32, [N, C]. Returns (out, mask [N, 1, H, W]) with the mask in f2's
+    dtype, like the op.
 
     k = 0 gives an all-ones mask (ONNX TopK wants K ≥ 1); k ≥ H·W is clamped to H·W (all zeros).
     K is a constant when H and W are static (TensorRT needs that)."""
@@ -188,6 +190,9 @@ def topk_mask_onnx(f1, f2, k: int):
         zeros = op.Expand(op.Constant(value_float=0.0), op.Shape(idx))
         keep = op.ScatterElements(ones, idx, zeros, axis=1)
     mask = op.CastLike(op.Reshape(keep, mask_shape), f2)
+    if pool:
+        prod = op.Mul(op.Cast(f2, to=_FLOAT), op.Reshape(keep, mask_shape))
+        return op.CastLike(op.ReduceMean(prod, _ints(op, [2, 3]), keepdims=0), f2), mask
     return op.Mul(f2, mask), mask
 
 

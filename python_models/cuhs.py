@@ -4,7 +4,7 @@
         ├─ BN stream:  layer3[1:] + layer4 (BN)  → F_BN → GAP → 1×1 conv            → f_BN
         ├─ IN stream:  layer3[1:] + layer4 (IN)  → F_1  → GAP → 1×1 conv            → f_1^IN
         │                                          F_2' = topk_mask(F_1, F_2, k)  (eqs. 5–6)
-        │                                                → GAP → 1×1 conv           → f_2^IN
+        │                                                → GAP (fused: pool=True) → 1×1 conv → f_2^IN
         └─ HS stream:  layer3[1:] + layer4 (BN)  → F_3  → HSL crop (eq. 7) → HAN (eqs. 8–11)
                                                          → GeM → 1×1 conv           → f_h
     training: CE + batch-hard triplet on each of the four features (eqs. 12–14), L2 on the
@@ -177,12 +177,14 @@ class CUHS(nn.Module):
         f = self.backbone_base(x)
         f_bn = self.bn_stream(f)
         f_in = self.in_stream(f)
-        f_in2, _ = fgreid_ops.topk_mask(f_in, f_in, self.topk)  # eqs. 5–6 (F_2 = F_1: one IN block)
+        # eqs. 5–6 (F_2 = F_1: one IN block); F_2' is only ever pooled, so the op returns its
+        # GAP without writing F_2' itself
+        f_in2_pooled, _ = fgreid_ops.topk_mask(f_in, f_in, self.topk, pool=True)
         crop, boxes = self.hsl(self.hs_stream(f))  # eq. 7
         pooled = {
             "bn": f_bn.mean(dim=(2, 3)),
             "in1": f_in.mean(dim=(2, 3)),
-            "in2": f_in2.mean(dim=(2, 3)),
+            "in2": f_in2_pooled,
             "hs": self.gem(self.han(crop)),
         }
         feats = [self.reduce[k](pooled[k][:, :, None, None]).flatten(1) for k in self.FEATURES]

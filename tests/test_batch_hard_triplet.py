@@ -9,6 +9,7 @@ import fgreid_ops
 from fgreid_ops.nn import TripletLoss
 from fgreid_ops.reference import batch_hard_triplet_reference
 
+from grad_layouts import GRAD_LAYOUTS, grad_like
 from helpers import DTYPES, HAS_CUDA, assert_close, kernel_backends
 
 BACKENDS = kernel_backends()
@@ -590,3 +591,20 @@ def test_cuda_default_backend_is_triton():
     emb, labels = make_batch(64, 32, torch.float16, "cuda", n_ids=16)
     out = fgreid_ops.batch_hard_triplet(emb, labels)
     assert_close(out, expected(emb, labels), torch.float16)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_mine_backward_grad_layouts(backend, device, grad_layout):
+    # d_ap, d_an summed or averaged directly send stride-0 gradients; the kernel reads them in
+    # place and must give what the same values, contiguous, give
+    mine = torch.ops.fgreid.batch_hard_triplet_mine_triton if backend == "triton" else torch.ops.fgreid.batch_hard_triplet_mine
+    emb, labels = make_batch(13, 24, torch.float32, device, n_ids=4)
+    emb.requires_grad_()
+    d_ap, d_an, _, _ = mine(emb, labels, emb, labels, "euclidean")
+    g_ap = grad_like(d_ap, grad_layout, torch.Generator().manual_seed(6))
+    g_an = grad_like(d_an, grad_layout, torch.Generator().manual_seed(7))
+    (ge,) = torch.autograd.grad((d_ap, d_an), emb, (g_ap, g_an))
+    (ge_dense,) = torch.autograd.grad(mine(emb, labels, emb, labels, "euclidean")[:2], emb,
+                                      (g_ap.contiguous(), g_an.contiguous()))
+    assert torch.equal(ge, ge_dense)

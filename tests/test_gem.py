@@ -8,8 +8,9 @@ from fgreid_ops.nn import GeM
 from fgreid_ops.ops.gem import GEM
 from fgreid_ops.reference import gem_reference
 
-from helpers import LAYOUTS, assert_close, kernel_backends, to_layout
 from op_battery import OpTester
+from grad_layouts import GRAD_LAYOUTS, copies_of_shape, grad_like
+from helpers import DTYPES, LAYOUTS, assert_close, kernel_backends, to_layout
 
 BACKENDS = kernel_backends()
 
@@ -185,3 +186,30 @@ def test_module_learn_p_and_reference_switch():
     with fgreid_ops.use_reference():
         ref = module(x)
     torch.testing.assert_close(module(x), ref)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_backward_grad_layouts(backend, device, dtype, grad_layout):
+    # the gradients the models send: GAP's and sum's expands, a broadcast, a permuted one
+    x, p = make_inputs((3, 4, 5, 3), dtype, device, p_shape=(4,), low=-0.5)
+    x, p = x.requires_grad_(), p.clone().requires_grad_()
+    out = fgreid_ops.gem(x, p, backend=backend)
+    grad = grad_like(out, grad_layout, torch.Generator().manual_seed(3))
+    gx, gp = torch.autograd.grad(out, (x, p), grad)
+    xr, pr = x.detach().double().requires_grad_(), p.detach().double().requires_grad_()
+    gxr, gpr = torch.autograd.grad(gem_reference(xr, pr), (xr, pr), grad.double())
+    assert_close(gx, gxr, dtype, grad=True)
+    assert_close(gp, gpr, dtype, grad=True)
+
+
+def test_cpu_backward_does_not_copy_expanded_grads():
+    x, p = make_inputs((3, 4, 5, 3), torch.float32, "cpu")
+    x.requires_grad_()
+    out = fgreid_ops.gem(x, p, backend="cpu")
+    for grad_layout in ["mean_expand", "sum_expand", "permuted"]:
+        grad = grad_like(out, grad_layout)
+        copies = copies_of_shape(lambda: torch.autograd.grad(out, x, grad, retain_graph=True), "fgreid::gem_backward",
+                                 grad.shape)
+        assert not copies, (grad_layout, copies)

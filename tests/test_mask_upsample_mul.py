@@ -9,8 +9,9 @@ import fgreid_ops
 from fgreid_ops.ops.mask_upsample_mul import MASK_UPSAMPLE_MUL
 from fgreid_ops.reference import mask_upsample_mul_reference
 
-from helpers import LAYOUTS, assert_close, kernel_backends, to_layout
 from op_battery import OpTester
+from grad_layouts import GRAD_LAYOUTS, copies_of_shape, grad_like
+from helpers import DTYPES, LAYOUTS, assert_close, kernel_backends, to_layout
 
 # This op has C++ kernels only (CPU and CUDA); there is no Triton variant.
 BACKENDS = [b for b in kernel_backends() if b.values[0] != "triton"]
@@ -283,3 +284,38 @@ class TestMaskUpsampleMul(OpTester):
 
     def shape_strategy(self):
         return st.tuples(st.integers(1, 3), st.integers(1, 6))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["mask1", "maskC"])
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_backward_grad_layouts(backend, device, dtype, per_channel, pool, grad_layout):
+    # the gradients the models send: GAP's and sum's expands, a broadcast, a permuted one
+    H, W, h, w = SIZES[1]
+    feat, mask = make_inputs(2, 3, H, W, h, w, per_channel, dtype, device)
+    feat.requires_grad_()
+    mask.requires_grad_()
+    out = fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool, backend=backend)
+    grad = grad_like(out, grad_layout, torch.Generator().manual_seed(4))
+    gf, gm = torch.autograd.grad(out, (feat, mask), grad)
+    fr = feat.detach().double().requires_grad_()
+    mr = mask.detach().double().requires_grad_()
+    gfr, gmr = torch.autograd.grad(mask_upsample_mul_reference(fr, mr, "bilinear", pool), (fr, mr), grad.double())
+    assert_close(gf, gfr, dtype, grad=True)
+    assert_close(gm, gmr, dtype, grad=True)
+
+
+def test_cpu_backward_does_not_copy_expanded_grads():
+    H, W, h, w = SIZES[1]
+    feat, mask = make_inputs(2, 3, H, W, h, w, False, torch.float32, "cpu")
+    feat.requires_grad_()
+    mask.requires_grad_()
+    for pool in (False, True):
+        out = fgreid_ops.mask_upsample_mul(feat, mask, "bilinear", pool, backend="cpu")
+        for grad_layout in ["mean_expand", "sum_expand", "broadcast", "permuted"]:
+            grad = grad_like(out, grad_layout)
+            copies = copies_of_shape(lambda: torch.autograd.grad(out, (feat, mask), grad, retain_graph=True),
+                                     "fgreid::mask_upsample_mul_backward", grad.shape)
+            assert not copies, (pool, grad_layout, copies)

@@ -9,6 +9,7 @@ from fgreid_ops.ops.off import OFF, OFF_SEGMENT
 from fgreid_ops.reference import off_reference
 from fgreid_ops.reference.off import SOBEL_X, SOBEL_Y
 
+from grad_layouts import GRAD_LAYOUTS, copies_of_shape, grad_like
 from helpers import DTYPES, assert_close, kernel_backends, to_layout
 from op_battery import OpTester
 
@@ -440,3 +441,24 @@ class TestOffSegment(OpTester):
 
     def shape_strategy(self):
         return st.tuples(st.integers(1, 4), st.integers(1, 10), st.integers(1, 10))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("segment", [False, True], ids=["pair", "segment"])
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_backward_grad_layouts(backend, device, dtype, segment, grad_layout):
+    # the gradients the models send: GAP's and sum's expands, a broadcast, a permuted one
+    x = rand((2, 5, 3, 6, 5), dtype, device).requires_grad_()
+    call = (lambda v, f: f(v, stride=2)) if segment else (lambda v, f: f(v[:, :-2], v[:, 2:]))
+    out = call(x, lambda *a, **k: fgreid_ops.off(*a, backend=backend, **k))
+    grad = grad_like(out, grad_layout, torch.Generator().manual_seed(5))
+    (gx,) = torch.autograd.grad(out, x, grad)
+    xr = x.detach().double().requires_grad_()
+    (gxr,) = torch.autograd.grad(call(xr, off_reference), xr, grad.double())
+    assert_close(gx, gxr, dtype, grad=True)
+    if device == "cpu":
+        out = call(x, lambda *a, **k: fgreid_ops.off(*a, backend=backend, **k))
+        op = "fgreid::off_segment_backward" if segment else "fgreid::off_backward"
+        copies = copies_of_shape(lambda: torch.autograd.grad(out, x, grad), op, grad.shape)
+        assert not copies, copies

@@ -62,6 +62,8 @@ class AllOps(nn.Module):
         out["mum_down_nearest"] = mum(x[:, :, :1, :3], mask, mode="nearest")
         for k in (0, 5, 100):  # identity, the FG-reID default, more than H*W = 32
             out[f"topk{k}"], out[f"topk{k}_mask"] = fgreid_ops.topk_mask(f1, x, k)
+        out["topk5_pool"], _ = fgreid_ops.topk_mask(f1, x, 5, pool=True)
+        out["topk_same_pool"], _ = fgreid_ops.topk_mask(x, x, 5, pool=True)  # CUHS's call
         if TRITON:
             out["topk_triton"], out["topk_triton_mask"] = fgreid_ops.topk_mask(f1, x, 5, backend="triton")
         return out
@@ -83,6 +85,7 @@ def output_groups():
     names += ["mum_bilinear", "mum_nearest", "mum_bilinear_pool", "mum_nearest_pool", "mum_per_channel",
               "mum_down", "mum_down_pool", "mum_down_nearest"]
     names += [f"topk{k}{s}" for k in (0, 5, 100) for s in ("", "_mask")]
+    names += ["topk5_pool", "topk_same_pool"]
     names += ["topk_triton", "topk_triton_mask"] if TRITON else []
     return names
 

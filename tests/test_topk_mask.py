@@ -3,10 +3,10 @@ import torch
 from hypothesis import given, strategies as st
 
 import fgreid_ops
+from fgreid_ops.ops.topk_mask import TOPK_MASK
 from fgreid_ops.reference import topk_mask_reference
 
-from fgreid_ops.ops.topk_mask import TOPK_MASK
-
+from grad_layouts import GRAD_LAYOUTS, copies_of_shape, grad_like
 from helpers import DTYPES, LAYOUTS, kernel_backends, to_layout
 from op_battery import OpTester
 
@@ -365,3 +365,161 @@ class TestTopkMask(OpTester):
 
     def shape_strategy(self):
         return st.tuples(st.integers(1, 3), st.integers(1, 40), st.integers(1, 9), st.integers(1, 9))
+
+
+# --- pool=True: the masked mean, never writing the product --------------------------------------
+
+def _pooled_tolerance(dtype):
+    # the kernels and the reference sum H*W products in different orders
+    return {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6),
+            torch.float16: dict(rtol=2e-3, atol=1e-3), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2)}[dtype]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("k", [0, 1, 7, 15, 40])
+def test_pool_matches_reference(backend, device, dtype, layout, k):
+    f1, f2 = int_inputs((3, 5, 5, 3), dtype, device, seed=k)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    pooled, mask = fgreid_ops.topk_mask(f1, f2, k, pool=True, backend=backend)
+    ref_pooled, ref_mask = topk_mask_reference(f1, f2, k, pool=True)
+    assert pooled.shape == (3, 5) and pooled.dtype == dtype and pooled.is_contiguous()
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(pooled, ref_pooled, **_pooled_tolerance(dtype))
+    # the same positions as the unpooled op, whose product the pooled one never writes
+    out, mask_full = fgreid_ops.topk_mask(f1, f2, k, backend=backend)
+    assert torch.equal(mask, mask_full)
+    torch.testing.assert_close(pooled, out.mean((2, 3)), **_pooled_tolerance(dtype))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_pool_many_channels_and_same_tensor(backend, device):
+    # C over the CPU kernel's channel chunk, and f1 is f2 as in CUHS's top-k branch
+    f1, _ = int_inputs((2, 300, 6, 5), torch.float32, device, seed=3)
+    pooled, mask = fgreid_ops.topk_mask(f1, f1, 5, pool=True, backend=backend)
+    ref_pooled, ref_mask = topk_mask_reference(f1, f1, 5, pool=True)
+    assert torch.equal(mask, ref_mask)
+    torch.testing.assert_close(pooled, ref_pooled)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_pool_nan_and_inf(backend, device):
+    f1 = torch.zeros(1, 2, 2, 2, device=device)
+    f1[0, 0, 0, 0] = 5.0  # position 0 is the one zeroed with k = 1
+    f2 = torch.ones(1, 2, 2, 2, device=device)
+    f2[0, 0, 0, 0] = float("inf")  # inf * 0 = NaN, as in (f2 * mask).mean()
+    f2[0, 1, 1, 1] = float("inf")  # kept: the mean is inf
+    pooled, _ = fgreid_ops.topk_mask(f1, f2, 1, pool=True, backend=backend)
+    ref, _ = topk_mask_reference(f1, f2, 1, pool=True)
+    assert pooled[0, 0].isnan() and ref[0, 0].isnan()
+    assert pooled[0, 1] == float("inf") == ref[0, 1]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_pool_backward_matches_reference(backend, device, dtype, grad_layout):
+    f1, f2 = int_inputs((3, 4, 5, 3), dtype, device, seed=2)
+    f2.requires_grad_()
+    pooled, mask = fgreid_ops.topk_mask(f1, f2, 4, pool=True, backend=backend)
+    grad = grad_like(pooled, grad_layout, torch.Generator().manual_seed(1))
+    (g2,) = torch.autograd.grad(pooled, f2, grad)
+    ref_pooled, _ = topk_mask_reference(f1, f2, 4, pool=True)
+    (g2_ref,) = torch.autograd.grad(ref_pooled, f2, grad)
+    assert g2.dtype == dtype and g2.shape == f2.shape
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        # the Triton interpreter truncates float32 -> bfloat16 casts (a GPU rounds to nearest)
+        torch.testing.assert_close(g2, g2_ref, rtol=2**-7, atol=0)
+    else:
+        # grad / (H W) rounded to the dtype, then times the 0/1 mask: exact
+        assert torch.equal(g2, g2_ref)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_layout", GRAD_LAYOUTS)
+def test_backward_grad_layouts(backend, device, dtype, grad_layout):
+    f1, f2 = int_inputs((3, 4, 5, 3), dtype, device, seed=6)
+    f2.requires_grad_()
+    out, mask = fgreid_ops.topk_mask(f1, f2, 4, backend=backend)
+    grad = grad_like(out, grad_layout, torch.Generator().manual_seed(2))
+    (g2,) = torch.autograd.grad(out, f2, grad)
+    ref_out, _ = topk_mask_reference(f1, f2, 4)
+    (g2_ref,) = torch.autograd.grad(ref_out, f2, grad)
+    assert torch.equal(g2, g2_ref)
+
+
+def test_cpu_backward_does_not_copy_expanded_grads():
+    f1, f2 = int_inputs((2, 4, 5, 3), torch.float32, "cpu")
+    f2.requires_grad_()
+    for pool in (False, True):
+        out, _ = fgreid_ops.topk_mask(f1, f2, 4, pool=pool, backend="cpu")
+        for grad_layout in ["mean_expand", "sum_expand", "broadcast", "permuted"]:
+            grad = grad_like(out, grad_layout)
+            copies = copies_of_shape(lambda: torch.autograd.grad(out, f2, grad, retain_graph=True),
+                                     "fgreid::topk_mask_backward", grad.shape)
+            assert not copies, (pool, grad_layout, copies)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_pool_gradcheck(backend, device):
+    f1, f2 = float_inputs((2, 3, 3, 4), torch.float64, device)
+    f2.requires_grad_()
+    fast = backend == "triton" and device == "cpu"
+    assert torch.autograd.gradcheck(
+        lambda b: fgreid_ops.topk_mask(f1, b, 5, pool=True, backend=backend)[0], (f2,), fast_mode=fast
+    )
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_pool_opcheck(backend, device, layout):
+    triton = backend == "triton"
+    op = torch.ops.fgreid.topk_mask_triton if triton else torch.ops.fgreid.topk_mask
+    backward = torch.ops.fgreid.topk_mask_triton_backward if triton else torch.ops.fgreid.topk_mask_backward
+    f1, f2 = int_inputs((2, 3, 4, 5), torch.float32, device)
+    f1, f2 = to_layout(f1, layout), to_layout(f2, layout)
+    torch.library.opcheck(op, (f1, f2, 3, True))
+    torch.library.opcheck(op, (f1, f2.requires_grad_(), 3, True))
+    _, mask = op(f1, f2.detach(), 3, True)
+    torch.library.opcheck(backward, (torch.rand(2, 3, device=device), mask, True))
+    torch.library.opcheck(backward, (torch.rand(3, device=device).expand(2, 3), mask, True))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS[:2])
+@pytest.mark.parametrize("message,grad_shape,mask_shape", [
+    ("grad_out to be 2-D", (2, 3, 4, 5), (2, 1, 4, 5)),
+    ("mask of shape [N, 1, H, W] with N=2", (2, 3), (3, 1, 4, 5)),
+    ("mask of shape [N, 1, H, W] with N=2", (2, 3), (2, 3, 4, 5)),
+])
+def test_pool_bad_backward_input(backend, device, message, grad_shape, mask_shape):
+    op = torch.ops.fgreid.topk_mask_triton_backward if backend == "triton" else torch.ops.fgreid.topk_mask_backward
+    with pytest.raises(ValueError, match=_pattern("topk_mask_backward", message)):
+        op(torch.rand(grad_shape, device=device), torch.ones(mask_shape, device=device), True)
+
+
+def test_pool_must_be_bool():
+    f1 = torch.rand(2, 3, 4, 4)
+    with pytest.raises(TypeError, match="fgreid_ops.topk_mask: expected pool to be a bool, got int"):
+        fgreid_ops.topk_mask(f1, f1, 1, 1)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_pool_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+
+    def branch(f1, f2, k):
+        return fgreid_ops.topk_mask(f1, f2, k, pool=True, backend=backend)
+
+    compiled = torch.compile(branch, fullgraph=True, dynamic=True)
+    for shape, k in [((2, 4, 5, 3), 5), ((3, 4, 6, 2), 0)]:
+        f1, f2 = int_inputs(shape, torch.float32, device, seed=shape[0])
+        f2.requires_grad_()
+        pooled, mask = compiled(f1, f2, k)
+        ref_pooled, ref_mask = topk_mask_reference(f1, f2, k, pool=True)
+        assert torch.equal(mask, ref_mask)
+        torch.testing.assert_close(pooled, ref_pooled)
+        (g,) = torch.autograd.grad(pooled.sum(), f2)
+        (g_ref,) = torch.autograd.grad(ref_pooled.sum(), f2)
+        assert torch.equal(g, g_ref)

@@ -447,7 +447,9 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
 
   const AccRows rows = acc_rows(emb, ref_emb);
   const auto acc_type = rows.a.scalar_type();
-  const at::Tensor gp = grad_d_ap.to(acc_type).contiguous(), gn = grad_d_an.to(acc_type).contiguous();
+  // Read through their strides: the gradient of a .sum() or .mean() of d_ap arrives expanded (stride 0).
+  const at::Tensor gp = grad_d_ap.to(acc_type), gn = grad_d_an.to(acc_type);
+  const int64_t gps = gp.stride(0), gns = gn.stride(0);
   const at::Tensor d_ap = d_ap_in.to(acc_type).contiguous(), d_an = d_an_in.to(acc_type).contiguous();
   at::Tensor grad_emb = at::empty({B, D}, emb.options());
   at::Tensor grad_ref_acc = need_ref_grad ? at::zeros({M, D}, rows.a.options()) : at::Tensor();
@@ -462,8 +464,8 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
     const acc_t* dnd = d_an.const_data_ptr<acc_t>();
     at::parallel_for(0, B, 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        cp[i] = ip[i] < 0 ? acc_t(0) : pair_coef(a + i * D, b + ip[i] * D, D, distance, gpd[i], dpd[i]);
-        cn[i] = in[i] < 0 ? acc_t(0) : pair_coef(a + i * D, b + in[i] * D, D, distance, gnd[i], dnd[i]);
+        cp[i] = ip[i] < 0 ? acc_t(0) : pair_coef(a + i * D, b + ip[i] * D, D, distance, gpd[i * gps], dpd[i]);
+        cn[i] = in[i] < 0 ? acc_t(0) : pair_coef(a + i * D, b + in[i] * D, D, distance, gnd[i * gns], dnd[i]);
       }
     });
     // Column chunks over threads: every thread owns columns of grad_ref, so the scatter to the

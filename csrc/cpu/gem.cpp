@@ -16,6 +16,7 @@
 #include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/gem_checks.h"
+#include "fgreid_ops/grad_planes.h"
 
 namespace fgreid_ops {
 namespace {
@@ -170,11 +171,11 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
   const auto pc = exponent_vector<acc_t>(p, x);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
-  const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
+  const GradPlanes<scalar_t> g(grad_out);  // [N, C] with any strides (sum's expand: all 0)
   scalar_t* gxd = grad_x.mutable_data_ptr<scalar_t>();
   acc_t* gpd = need_grad_p ? grad_p_rows.mutable_data_ptr<acc_t>() : nullptr;
   const auto row_grad_of = [&](int64_t row, acc_t sum_t) {
-    return GemRowGrad<acc_t>(static_cast<acc_t>(gd[row]), sum_t, pc[row % C], HW);
+    return GemRowGrad<acc_t>(static_cast<acc_t>(*g.plane(row / C, row % C)), sum_t, pc[row % C], HW);
   };
 
   if (!is_channels_last_4d(x)) {
@@ -218,7 +219,8 @@ at::Tensor gem_cpu(const at::Tensor& x, const at::Tensor& p, double eps) {
 
 std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                     const at::Tensor& p, double eps, bool need_grad_p) {
-  GemBackward b = prepare_gem_backward(grad_out, x, p, eps, need_grad_p, /*reads_channels_last=*/true);
+  GemBackward b = prepare_gem_backward(grad_out, x, p, eps, need_grad_p, /*reads_channels_last=*/true,
+                                       /*reads_grad_strides=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu", [&] {
     gem_backward_kernel<scalar_t>(b.grad_out, b.x, p, eps, need_grad_p, b.grad_x, b.grad_p_rows);
   });

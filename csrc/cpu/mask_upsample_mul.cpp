@@ -9,6 +9,9 @@
 // of the resize, accumulated in a fixed order (a shared mask: channels, x, y; a per-channel mask:
 // y, then x) whatever the thread count, so it is deterministic.
 // feat is read as contiguous NCHW (other layouts are copied first); out and grad_feat are contiguous.
+// grad_out is read through its strides: a plane that is one value (the expanded gradient of
+// .mean((2, 3)) or .sum()) takes the pool path's per-plane coefficient, other layouts are gathered
+// one tile of rows at a time.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -24,6 +27,7 @@
 
 #include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/grad_planes.h"
 #include "fgreid_ops/mask_upsample_mul_checks.h"
 #include "fgreid_ops/upsample_index.h"
 
@@ -288,7 +292,7 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
 }
 
 // grad_feat = g * up(mask); grad_mask = up^T(G) with G = sum over the channels sharing a mask
-// plane of g * feat. With pool, g[n, c, y, x] = grad_out[n, c] / (H W).
+// plane of g * feat. With pool, g[n, c, y, x] = grad_out[n, c] / (H W); grad_out may have any strides.
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const at::Tensor& mask, bool linear,
                      bool four_tap, bool pool, at::Tensor& grad_feat, at::Tensor& grad_mask) {
@@ -296,7 +300,9 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
   const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
   const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
-  const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
+  const GradPlanes<scalar_t> planes(grad_out);
+  const bool constant = planes.constant();  // always with pool
+  const bool gather = !constant && !planes.dense();
   const scalar_t* fd = feat.const_data_ptr<scalar_t>();
   const acc_t* md = mask.const_data_ptr<acc_t>();
   scalar_t* gfd = grad_feat.numel() > 0 ? grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
@@ -307,18 +313,21 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
 
   // The channels [c0, c1) of batch n over rows [y0, y1), all sharing the mask tile `m`: writes
   // grad_feat there and returns G (summed over those channels, in order) in `g_sum`.
+  // `buf` holds a gathered tile of grad_out when its planes are neither dense nor constant.
   const auto tile_pass = [&](int64_t n, int64_t c0, int64_t c1, int64_t y0, int64_t y1, const acc_t* m,
-                             acc_t* g_sum) {
+                             acc_t* g_sum, scalar_t* buf) {
     const int64_t len = (y1 - y0) * W;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t offset = (n * C + c) * HW + y0 * W;
-      if (pool) {
-        const acc_t coef = static_cast<acc_t>(gd[n * C + c]) * inv_hw;
+      if (constant) {
+        const acc_t v = static_cast<acc_t>(*planes.plane(n, c));
+        const acc_t coef = pool ? v * inv_hw : v;
         if (gfd) scale_tile(coef, m, gfd + offset, len);
         if (gmd) axpy_tile(coef, fd + offset, g_sum, len, c == c0);
       } else {
-        if (gfd) mul_tile(gd + offset, m, gfd + offset, len);
-        if (gmd) mul_acc_tile(gd + offset, fd + offset, g_sum, len, c == c0);
+        const scalar_t* g = planes.rows(n, c, y0, y1, buf);
+        if (gfd) mul_tile(g, m, gfd + offset, len);
+        if (gmd) mul_acc_tile(g, fd + offset, g_sum, len, c == c0);
       }
     }
   };
@@ -330,6 +339,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     acc_t* td = gmd ? t_rows.mutable_data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, N * tiles, grain(C * tile_cap), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0);
+      std::vector<scalar_t> buf(gather ? tile_cap : 0);
       int64_t hz_n = -1;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / tiles, y0 = (task % tiles) * rs.tile_rows, y1 = std::min(H, y0 + rs.tile_rows);
@@ -337,7 +347,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
           if (hz_n != n) rs.resize_rows(md + n * h * w, hz.data()), hz_n = n;
           rs.fill_tile(md + n * h * w, 0, hz.data(), y0, y1, tile.data());
         }
-        tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data());
+        tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data(), buf.data());
         if (gmd) {
           for (int64_t y = y0; y < y1; ++y) rs.row_adjoint(g_sum.data() + (y - y0) * W, td + (n * H + y) * w);
         }
@@ -358,6 +368,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
         u(gmd ? h * W : 0);
+    std::vector<scalar_t> buf(gather ? tile_cap : 0);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / C, c = plane % C;
       if (gfd) rs.resize_rows(md + plane * h * w, hz.data());
@@ -365,7 +376,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows);
         if (gfd) rs.fill_tile(md + plane * h * w, c, hz.data(), y0, y1, tile.data());
-        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data());
+        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data(), buf.data());
         if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, u.data());
       }
       if (gmd) {
@@ -396,7 +407,8 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tens
                                                                   bool pool, bool need_grad_feat,
                                                                   bool need_grad_mask) {
   MaskUpsampleMulBackward b =
-      prepare_mask_upsample_mul_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask);
+      prepare_mask_upsample_mul_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask,
+                                         /*reads_grad_strides=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cpu", [&] {
     backward_kernel<scalar_t>(b.grad_out, b.feat, b.mask, b.linear, aten_four_tap_path(feat, mask), pool, b.grad_feat,
                               b.grad_mask);

@@ -6,7 +6,7 @@
 // vectorized loop is long even for 7x7 planes. Left/right neighbours come from k-1 / k+1 and are
 // masked at the first/last column; a select (not a multiply by 0) so that a NaN in the previous
 // row's last column does not leak in. Strided planes are gathered by the same load, so views
-// (segment slices, channels_last, sliced W) are read in place.
+// (segment slices, channels_last, sliced W) and expanded gradients are read in place.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -38,6 +38,11 @@ FGREID_INLINE void load_rows(const scalar_t* src, int64_t sh, int64_t sw, int64_
   for (int64_t k = 0; k < (lo - r0) * W; ++k) dst[k] = acc_t(0);
   for (int64_t k = (hi - r0) * W; k < (r1 - r0) * W; ++k) dst[k] = acc_t(0);
   acc_t* d = dst + (lo - r0) * W;
+  if (hi > lo && sw == 0 && (sh == 0 || hi - lo == 1)) {
+    // One value over the rows: the expanded gradient of .sum() or .mean((-2, -1)).
+    std::fill(d, d + (hi - lo) * W, static_cast<acc_t>(src[lo * sh]));
+    return;
+  }
   if (sw == 1 && (sh == W || hi - lo == 1)) {
     const scalar_t* s = src + lo * sh;
     const int64_t n = (hi - lo) * W;

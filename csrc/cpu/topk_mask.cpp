@@ -7,7 +7,11 @@
 //      (ties: lower flat index), and mask[n, hw] is 0 there, 1 elsewhere.
 //   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last), on the bit
 //      patterns: the mask is exactly 0 or 1.
-// Contiguous and channels_last inputs are read in place; other strides are copied first.
+// With pool, steps 1-3 run per sample and step 3 becomes pooled[n, c] = mean_hw f2 * mask: the
+// product is never written, and f2[n] is still in cache from step 1 when f1 and f2 are the same
+// tensor (as in CUHS). Its backward writes grad_f2 = g[n, c] / (H W) * mask directly.
+// Contiguous and channels_last inputs are read in place; other strides are copied first. The
+// gradient is read through its strides (expanded gradients of .mean() or .sum() are not copied).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -24,6 +28,7 @@
 
 #include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/grad_planes.h"
 #include "fgreid_ops/order_key.h"
 #include "fgreid_ops/topk_mask_checks.h"
 
@@ -128,6 +133,25 @@ void channel_sum(const at::Tensor& f1, acc_t* attention) {
   });
 }
 
+// a[hw] = sum_c x[c, hw] for one sample ([C, HW], or [HW, C] when channels_last), with the
+// chunks and the order of channel_sum, so that both variants of the op pick the same positions.
+template <typename scalar_t, typename acc_t>
+void sample_channel_sum(const scalar_t* x, int64_t C, int64_t HW, bool channels_last, acc_t* a, acc_t* partial) {
+  if (channels_last) {
+    for (int64_t pos = 0; pos < HW; ++pos) a[pos] = sum_channels<scalar_t, acc_t>(x + pos * C, C);
+    return;
+  }
+  for (int64_t c0 = 0; c0 < C; c0 += kChannelChunk) {
+    acc_t* p = c0 == 0 ? a : partial;
+    std::fill(p, p + HW, acc_t(0));
+    add_rows(x + c0 * HW, std::min(kChannelChunk, C - c0), HW, p);
+    if (c0 > 0) {
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) a[i] += p[i];
+    }
+  }
+}
+
 // mask[i] = 0 at the k positions of largest a[i] (ties: lower i), 1 elsewhere; 0 < k < HW.
 template <typename scalar_t, typename acc_t>
 void select_row(const acc_t* a, int64_t HW, int64_t k, scalar_t* mask) {
@@ -225,10 +249,28 @@ FGREID_CPU_CLONES void select_scalar(const scalar_t* x, bool keep, scalar_t* out
   }
 }
 
+// out[i] = v * m[i] for m[i] in {0, 1}: one gradient value over a plane.
+template <typename scalar_t>
+FGREID_CPU_CLONES void select_broadcast(scalar_t v, const scalar_t* m, scalar_t* out, int64_t len) {
+  using bits_t = typename FloatBits<scalar_t>::type;
+  const bits_t keep = bits_of(v), zero = times_zero<scalar_t>(keep);
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const bits_t r = bits_of(m[i]) != 0 ? keep : zero;
+    std::memcpy(&out[i], &r, sizeof r);
+  }
+}
+
 // General products, for a mask with values other than 0 and 1 (direct calls of the backward op).
 template <typename scalar_t, typename acc_t>
 void mul_rows(const scalar_t* x, const scalar_t* m, scalar_t* out, int64_t len) {
   for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * static_cast<acc_t>(m[i]));
+}
+
+template <typename scalar_t, typename acc_t>
+void mul_broadcast(scalar_t v, const scalar_t* m, scalar_t* out, int64_t len) {
+  const acc_t va = static_cast<acc_t>(v);
+  for (int64_t i = 0; i < len; ++i) out[i] = static_cast<scalar_t>(va * static_cast<acc_t>(m[i]));
 }
 
 template <typename scalar_t>
@@ -278,8 +320,131 @@ void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& ou
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
-  TopkMaskForward t = prepare_topk_mask(f1, f2, k);
+// grad_f2 = grad_out * mask into a contiguous NCHW grad_f2, grad_out read through its strides:
+// a plane that is one value (the expand of .mean((2, 3)) or .sum()) is a broadcast of the mask.
+template <typename scalar_t>
+void masked_multiply_grad(const at::Tensor& grad_out, const at::Tensor& mask, at::Tensor& grad_f2) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = grad_out.size(0), C = grad_out.size(1), H = grad_out.size(2), HW = H * grad_out.size(3);
+  const GradPlanes<scalar_t> g(grad_out);
+  const scalar_t* md = mask.const_data_ptr<scalar_t>();
+  scalar_t* od = grad_f2.mutable_data_ptr<scalar_t>();
+  const bool binary = is_binary(md, N * HW);
+  const bool gather = !g.constant() && !g.dense();
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrainElements / HW), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> buf(gather ? HW : 0);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / C, c = row % C;
+      const scalar_t* m = md + n * HW;
+      scalar_t* o = od + row * HW;
+      if (g.constant()) {
+        const scalar_t v = *g.plane(n, c);
+        binary ? select_broadcast(v, m, o, HW) : mul_broadcast<scalar_t, acc_t>(v, m, o, HW);
+      } else {
+        const scalar_t* x = g.rows(n, c, 0, H, buf.data());
+        binary ? select_rows(x, m, o, HW) : mul_rows<scalar_t, acc_t>(x, m, o, HW);
+      }
+    }
+  });
+}
+
+// Positions per partial sum of the pooled mean, so that it stays accurate at any H*W.
+constexpr int64_t kSumBlock = 1024;
+
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES acc_t masked_row_sum(const scalar_t* x, const acc_t* m, int64_t len) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(x[i]) * m[i];
+  return sum;
+}
+
+// part[c] += x[c] * m over one channels_last position.
+template <typename scalar_t, typename acc_t>
+FGREID_CPU_CLONES void masked_channels_add(const scalar_t* x, acc_t m, acc_t* part, int64_t C) {
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) part[c] += static_cast<acc_t>(x[c]) * m;
+}
+
+// pooled[n, c] = mean_hw f2[n, c, hw] * mask[n, hw], one sample per task: the channel sum of
+// f1[n], the selection and the masked sums of f2[n] run back to back, while f2[n] is in cache
+// when it is f1[n].
+template <typename scalar_t>
+void pooled_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::Tensor& mask, at::Tensor& pooled) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = f2.size(0), C = f2.size(1), HW = f2.size(2) * f2.size(3);
+  const bool f1_last = is_channels_last_4d(f1), f2_last = is_channels_last_4d(f2);
+  const bool select = k > 0 && k < HW;
+  const scalar_t* x1 = f1.const_data_ptr<scalar_t>();
+  const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
+  scalar_t* md = mask.mutable_data_ptr<scalar_t>();
+  scalar_t* od = pooled.mutable_data_ptr<scalar_t>();
+  const acc_t hw = static_cast<acc_t>(HW);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> a(select ? HW : 0), partial(select && !f1_last ? HW : 0), mf(HW);
+    std::vector<acc_t> sums(f2_last ? C : 0), part(f2_last ? C : 0);
+    for (int64_t n = begin; n < end; ++n) {
+      scalar_t* m = md + n * HW;
+      if (select) {
+        sample_channel_sum(x1 + n * C * HW, C, HW, f1_last, a.data(), partial.data());
+        select_row(a.data(), HW, k, m);
+      } else {
+        std::fill(m, m + HW, scalar_t(k == 0 ? 1 : 0));
+      }
+      for (int64_t i = 0; i < HW; ++i) mf[i] = static_cast<acc_t>(m[i]);
+      const scalar_t* x = x2 + n * C * HW;
+      if (!f2_last) {
+        for (int64_t c = 0; c < C; ++c) {
+          acc_t sum = 0;
+          for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
+            sum += masked_row_sum(x + c * HW + i0, mf.data() + i0, std::min(kSumBlock, HW - i0));
+          }
+          od[n * C + c] = static_cast<scalar_t>(sum / hw);
+        }
+        continue;
+      }
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
+        std::fill(part.begin(), part.end(), acc_t(0));
+        for (int64_t i = i0; i < std::min(HW, i0 + kSumBlock); ++i) masked_channels_add(x + i * C, mf[i], part.data(), C);
+        for (int64_t c = 0; c < C; ++c) sums[c] += part[c];
+      }
+      for (int64_t c = 0; c < C; ++c) od[n * C + c] = static_cast<scalar_t>(sums[c] / hw);
+    }
+  });
+}
+
+// grad_f2[n, c] = (g[n, c] / (H W)) * mask[n], g [N, C] read through its strides; the quotient
+// is rounded to the dtype first, as autograd's mean backward does.
+template <typename scalar_t>
+void pooled_backward(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& grad_f2) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = grad.size(0), C = grad.size(1), HW = mask.size(2) * mask.size(3);
+  const int64_t sn = grad.stride(0), sc = grad.stride(1);
+  const scalar_t* gd = grad.const_data_ptr<scalar_t>();
+  const scalar_t* md = mask.const_data_ptr<scalar_t>();
+  scalar_t* od = grad_f2.mutable_data_ptr<scalar_t>();
+  const bool binary = is_binary(md, N * HW);
+  const acc_t hw = static_cast<acc_t>(HW);
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrainElements / HW), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / C, c = row % C;
+      const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(gd[n * sn + c * sc]) / hw);
+      binary ? select_broadcast(v, md + n * HW, od + row * HW, HW)
+             : mul_broadcast<scalar_t, acc_t>(v, md + n * HW, od + row * HW, HW);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1, const at::Tensor& f2, int64_t k,
+                                                 bool pool) {
+  TopkMaskForward t = prepare_topk_mask(f1, f2, k, pool);
+  if (pool) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cpu", [&] {
+      pooled_forward<scalar_t>(t.f1, t.f2, k, t.mask, t.out);
+    });
+    return {t.out, t.mask};
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cpu", [&] {
     build_mask<scalar_t>(t.f1, k, t.mask);
     masked_multiply<scalar_t>(t.f2, t.mask, t.out);
@@ -287,11 +452,19 @@ std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1, const at:
   return {t.out, t.mask};
 }
 
-at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out, const at::Tensor& mask) {
-  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask);
-  if (grad_out.numel() == 0) return t.grad_f2;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cpu",
-                                  [&] { masked_multiply<scalar_t>(t.grad_out, t.mask, t.grad_f2); });
+// grad_out is [N, C, H, W], or [N, C] (the gradient of the pooled output) with pool.
+at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out, const at::Tensor& mask, bool pool) {
+  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask, pool);
+  if (t.grad_f2.numel() == 0) return t.grad_f2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cpu", [&] {
+    if (pool) {
+      pooled_backward<scalar_t>(t.grad_out, t.mask, t.grad_f2);
+    } else if (is_channels_last_4d(t.grad_out)) {
+      masked_multiply<scalar_t>(t.grad_out, t.mask, t.grad_f2);
+    } else {
+      masked_multiply_grad<scalar_t>(t.grad_out, t.mask, t.grad_f2);
+    }
+  });
   return t.grad_f2;
 }
 

@@ -5,8 +5,11 @@
 //   2. one block per sample: A = sum of the partials in chunk order, then an MSB radix select
 //      on the order keys of A finds the k-th largest key T; positions with key > T are zeroed,
 //      and of those equal to T the lowest flat indices, counted with a block-wide ballot scan.
-//   3. out = f2 * mask with 16-byte vector loads where the layout allows.
-// Contiguous and channels_last inputs are read in place; other strides are copied first.
+//   3. out = f2 * mask with 16-byte vector loads where the layout allows; with pool, the masked
+//      mean over H x W instead (one warp per (n, c) row, or one thread per (n, c) for
+//      channels_last), the product never written.
+// Contiguous and channels_last inputs are read in place; other strides are copied first. The
+// gradient is read through its strides (expanded gradients of .mean() or .sum() are not copied).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -250,6 +253,84 @@ void masked_multiply(const at::Tensor& x, const at::Tensor& mask, at::Tensor& ou
   }
 }
 
+// out[n, c] = mean_hw x[n, c, hw] * mask[n, hw] for contiguous NCHW x; one warp per row.
+template <typename scalar_t>
+__global__ void masked_mean_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ mask,
+                                        scalar_t* __restrict__ out, int64_t rows, int64_t C, int64_t HW) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kSumWarpsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= rows) return;  // whole warps leave together
+  const int lane = threadIdx.x % kWarpSize;
+  const scalar_t* xr = x + row * HW;
+  const scalar_t* m = mask + (row / C) * HW;
+  acc_t sum = 0;
+  for (int64_t i = lane; i < HW; i += kWarpSize) sum += static_cast<acc_t>(xr[i]) * static_cast<acc_t>(m[i]);
+  sum = warp_sum(sum);
+  if (lane == 0) out[row] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
+}
+
+// The same for channels_last x; one thread per (n, c), coalesced over c.
+template <typename scalar_t>
+__global__ void masked_mean_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ mask,
+                                        scalar_t* __restrict__ out, int64_t rows, int64_t C, int64_t HW) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= rows) return;
+  const int64_t n = row / C, c = row % C;
+  const scalar_t* xn = x + n * HW * C + c;
+  const scalar_t* m = mask + n * HW;
+  acc_t sum = 0;
+  for (int64_t i = 0; i < HW; ++i) sum += static_cast<acc_t>(xn[i * C]) * static_cast<acc_t>(m[i]);
+  out[row] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
+}
+
+// grad_f2[n, c, hw] = (g[n, c] / HW, rounded to the dtype as autograd's mean backward) * mask[n, hw].
+template <typename scalar_t>
+__global__ void pooled_backward_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ mask,
+                                       scalar_t* __restrict__ out, int64_t total, int64_t C, int64_t HW,
+                                       int64_t sn, int64_t sc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int64_t hw = e % HW, row = e / HW, n = row / C, c = row % C;
+    const scalar_t v = static_cast<scalar_t>(static_cast<acc_t>(g[n * sn + c * sc]) / static_cast<acc_t>(HW));
+    out[e] = static_cast<scalar_t>(static_cast<acc_t>(v) * static_cast<acc_t>(mask[n * HW + hw]));
+  }
+}
+
+// grad_f2 = grad_out * mask into contiguous NCHW, grad_out read through its strides (stride-0
+// expanded gradients hit the same cache lines).
+template <typename scalar_t>
+__global__ void masked_multiply_strided_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ mask,
+                                               scalar_t* __restrict__ out, int64_t total, int64_t C, int64_t H,
+                                               int64_t W, int64_t sn, int64_t sc, int64_t sh, int64_t sw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+    const int64_t x = e % W, y = (e / W) % H, row = e / (H * W), n = row / C, c = row % C;
+    const acc_t v = static_cast<acc_t>(g[n * sn + c * sc + y * sh + x * sw]);
+    out[e] = static_cast<scalar_t>(v * static_cast<acc_t>(mask[(n * H + y) * W + x]));
+  }
+}
+
+unsigned int grid_for(int64_t total) { return grid_size(total, kThreads, int64_t(1) << 30); }
+
+template <typename scalar_t>
+void masked_mean(const at::Tensor& x, const at::Tensor& mask, at::Tensor& out, cudaStream_t stream) {
+  const int64_t rows = x.size(0) * x.size(1), C = x.size(1), HW = x.size(2) * x.size(3);
+  const scalar_t* xd = x.const_data_ptr<scalar_t>();
+  const scalar_t* md = mask.const_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  if (is_channels_last_4d(x)) {
+    masked_mean_nhwc_kernel<scalar_t><<<grid_for(rows), kThreads, 0, stream>>>(xd, md, od, rows, C, HW);
+  } else {
+    const int64_t blocks = (rows + kSumWarpsPerBlock - 1) / kSumWarpsPerBlock;
+    masked_mean_nchw_kernel<scalar_t><<<static_cast<unsigned int>(blocks), kSumWarpsPerBlock * kWarpSize, 0, stream>>>(
+        xd, md, od, rows, C, HW);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename scalar_t>
 void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask, cudaStream_t stream) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -279,9 +360,10 @@ void build_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask, cudaStream_t 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> topk_mask_cuda(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
+std::tuple<at::Tensor, at::Tensor> topk_mask_cuda(const at::Tensor& f1, const at::Tensor& f2, int64_t k,
+                                                  bool pool) {
   const c10::cuda::CUDAGuard guard(f1.device());
-  TopkMaskForward t = prepare_topk_mask(f1, f2, k);
+  TopkMaskForward t = prepare_topk_mask(f1, f2, k, pool);
   const int64_t N = f2.size(0), HW = f2.size(2) * f2.size(3);
   TORCH_CHECK_VALUE(HW <= INT_MAX && N <= INT_MAX,
                     "fgreid_ops.topk_mask: expected f1 with N and H*W below 2^31 on CUDA, got ", f1.sizes());
@@ -292,17 +374,40 @@ std::tuple<at::Tensor, at::Tensor> topk_mask_cuda(const at::Tensor& f1, const at
     } else {
       build_mask<scalar_t>(t.f1, k, t.mask, stream);
     }
-    masked_multiply<scalar_t>(t.f2, t.mask, t.out, stream);
+    if (pool) {
+      masked_mean<scalar_t>(t.f2, t.mask, t.out, stream);
+    } else {
+      masked_multiply<scalar_t>(t.f2, t.mask, t.out, stream);
+    }
   });
   return {t.out, t.mask};
 }
 
-at::Tensor topk_mask_backward_cuda(const at::Tensor& grad_out, const at::Tensor& mask) {
+// grad_out is [N, C, H, W], or [N, C] (the gradient of the pooled output) with pool.
+at::Tensor topk_mask_backward_cuda(const at::Tensor& grad_out, const at::Tensor& mask, bool pool) {
   const c10::cuda::CUDAGuard guard(grad_out.device());
-  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask);
+  TopkMaskBackward t = prepare_topk_mask_backward(grad_out, mask, pool);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cuda",
-                                  [&] { masked_multiply<scalar_t>(t.grad_out, t.mask, t.grad_f2, stream); });
+  const bool in_place_layout = grad_out.is_contiguous() || is_channels_last_4d(grad_out);
+  const int64_t total = t.grad_f2.numel();
+  if (total == 0) return t.grad_f2;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "topk_mask_backward_cuda", [&] {
+    const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
+    const scalar_t* md = t.mask.const_data_ptr<scalar_t>();
+    scalar_t* od = t.grad_f2.mutable_data_ptr<scalar_t>();
+    if (pool) {
+      pooled_backward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          gd, md, od, total, grad_out.size(1), t.mask.size(2) * t.mask.size(3), grad_out.stride(0), grad_out.stride(1));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else if (in_place_layout) {
+      masked_multiply<scalar_t>(grad_out, t.mask, t.grad_f2, stream);
+    } else {
+      masked_multiply_strided_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          gd, md, od, total, grad_out.size(1), grad_out.size(2), grad_out.size(3), grad_out.stride(0),
+          grad_out.stride(1), grad_out.stride(2), grad_out.stride(3));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
   return t.grad_f2;
 }
 

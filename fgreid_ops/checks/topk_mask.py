@@ -25,7 +25,12 @@ def check_k(k):
     return value
 
 
-def check_inputs(f1, f2, k):
+def check_pool(pool):
+    if not isinstance(pool, bool):
+        raise TypeError(f"fgreid_ops.topk_mask: expected pool to be a bool, got {type(pool).__name__}")
+
+
+def check_inputs(f1, f2, k, pool=False):
     """The checks of topk_mask_checks.h, in the same order; returns k as an int."""
     checks.check_tensor(OP, "f1", f1)
     checks.check_tensor(OP, "f2", f2)
@@ -37,14 +42,27 @@ def check_inputs(f1, f2, k):
         raise ValueError(f"fgreid_ops.topk_mask: expected f2 of the same shape as f1 {list(f1.shape)}, got {list(f2.shape)}")
     checks.check_nonempty_batch(OP, "f1", f1)
     checks.check_nonempty(OP, "f1", f1)
-    return check_k(k)
+    k = check_k(k)
+    check_pool(pool)
+    return k
 
 
-def check_backward_inputs(grad_out, mask):
-    checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
+def check_backward_inputs(grad_out, mask, pool=False):
+    """grad_out is [N, C, H, W], or [N, C] (the gradient of the pooled output) with pool."""
+    if pool:
+        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)")
+    else:
+        checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
     checks.check_float_dtype("topk_mask_backward", "grad_out", grad_out)
     checks.check_float_dtype("topk_mask_backward", "mask", mask)
     checks.check_same_device("topk_mask_backward", "mask", mask, "grad_out", grad_out)
+    if pool:
+        if mask.dim() != 4 or mask.shape[0] != grad_out.shape[0] or mask.shape[1] != 1:
+            raise ValueError(
+                f"fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W] with N={grad_out.shape[0]}, "
+                f"got {list(mask.shape)}"
+            )
+        return
     N, _, H, W = grad_out.shape
     if mask.shape != (N, 1, H, W):
         raise ValueError(

@@ -2,8 +2,10 @@
 topk_mask_triton_backward.
 
 Three launches: partial channel sums of f1 over fixed chunks of channels (no atomics, so the
-result is deterministic), the per-sample selection by rank, and the masked multiply. Inputs are
-read through their own strides (channels_last and sliced views need no copy)."""
+result is deterministic), the per-sample selection by rank, and the masked multiply (with pool:
+the masked mean over H x W, the product never written; its backward writes g / (H W) * mask).
+Inputs and gradients are read through their own strides (channels_last, sliced views and
+expanded gradients need no copy)."""
 
 import torch
 import triton
@@ -101,6 +103,54 @@ def _topk_mask_mul_kernel(
     tl.store(out_ptr + e, (x * m).to(out_ptr.dtype.element_ty), mask=valid)
 
 
+@triton.jit
+def _topk_mask_pool_kernel(
+    x_ptr, mask_ptr, out_ptr, C, HW, W, stride_n, stride_c, stride_h, stride_w,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
+):
+    """out[n, c] = mean_hw x[n, c, hw] * mask[n, hw]; one program per (n, block of channels)."""
+    n = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_valid = c < C
+    acc = tl.zeros([BLOCK_C], dtype=ACC)
+    for start in range(0, HW, BLOCK_HW):
+        hw = start + tl.arange(0, BLOCK_HW).to(tl.int64)
+        hw_valid = hw < HW
+        offsets = n * stride_n + c[:, None] * stride_c + ((hw // W) * stride_h + (hw % W) * stride_w)[None, :]
+        x = tl.load(x_ptr + offsets, mask=c_valid[:, None] & hw_valid[None, :], other=0.0).to(ACC)
+        m = tl.load(mask_ptr + n * HW + hw, mask=hw_valid, other=0.0).to(ACC)
+        acc += tl.sum(x * m[None, :], axis=1)
+    tl.store(out_ptr + n * C + c, (acc / HW).to(out_ptr.dtype.element_ty), mask=c_valid)
+
+
+@triton.jit
+def _topk_mask_pool_backward_kernel(
+    g_ptr, mask_ptr, out_ptr, total, C, HW, stride_gn, stride_gc, BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    """out[n, c, hw] = (g[n, c] / HW, rounded to out's dtype as autograd's mean backward) * mask[n, hw]."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    valid = e < total
+    hw = e % HW
+    nc = e // HW
+    c = nc % C
+    n = nc // C
+    g = tl.load(g_ptr + n * stride_gn + c * stride_gc, mask=valid, other=0.0).to(ACC)
+    v = (g / HW).to(out_ptr.dtype.element_ty).to(ACC)
+    m = tl.load(mask_ptr + n * HW + hw, mask=valid, other=0.0).to(ACC)
+    tl.store(out_ptr + e, (v * m).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+def _masked_mean(x, mask):
+    N, C, H, W = x.shape
+    out = x.new_empty((N, C))
+    block_c = min(triton.next_power_of_2(C), 32)
+    block_hw = min(triton.next_power_of_2(H * W), 64)
+    _topk_mask_pool_kernel[(N, *grid((C, block_c)))](
+        x, mask, out, C, H * W, W, *x.stride(), BLOCK_C=block_c, BLOCK_HW=block_hw, ACC=acc_dtype(x.dtype)[1],
+    )
+    return out
+
+
 def _masked_multiply(x, mask):
     N, C, H, W = x.shape
     channels_last = is_channels_last(x)
@@ -118,13 +168,14 @@ def _masked_multiply(x, mask):
 
 
 @launcher(check_inputs)
-def topk_mask_triton(f1, f2, k):
+def topk_mask_triton(f1, f2, k, pool=False):
     N, C, H, W = f1.shape
     HW = H * W
     mask = f2.new_empty((N, 1, H, W))
+    apply = _masked_mean if pool else _masked_multiply
     if k == 0 or k >= HW:
         mask.fill_(1.0 if k == 0 else 0.0)
-        return _masked_multiply(f2, mask), mask
+        return apply(f2, mask), mask
     chunks = triton.cdiv(C, CHANNEL_CHUNK)
     partial = torch.empty((N, chunks, HW), dtype=acc_dtype(f1.dtype)[0], device=f1.device)
     block_c = min(triton.next_power_of_2(C), 32)
@@ -138,10 +189,23 @@ def topk_mask_triton(f1, f2, k):
     _topk_mask_select_kernel[(N, *grid((HW, block_i)))](
         partial, mask, HW, chunks, k, BLOCK_I=block_i, BLOCK_J=block_j,
     )
-    return _masked_multiply(f2, mask), mask
+    return apply(f2, mask), mask
 
 
 @launcher(check_backward_inputs)
-def topk_mask_triton_backward(grad_out, mask):
-    return _masked_multiply(grad_out, mask.to(grad_out.dtype).contiguous())
+def topk_mask_triton_backward(grad_out, mask, pool=False):
+    mask = mask.to(grad_out.dtype).contiguous()
+    if not pool:
+        return _masked_multiply(grad_out, mask)
+    N, C = grad_out.shape
+    out = grad_out.new_empty((N, C, mask.shape[2], mask.shape[3]))
+    total = out.numel()
+    if total == 0:
+        return out
+    block = 1024
+    _topk_mask_pool_backward_kernel[grid((total, block))](
+        grad_out, mask, out, total, C, mask.shape[2] * mask.shape[3], *grad_out.stride(),
+        BLOCK=block, ACC=acc_dtype(grad_out.dtype)[1],
+    )
+    return out
 

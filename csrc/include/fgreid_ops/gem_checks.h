@@ -46,7 +46,7 @@ struct GemBackward {
 
 inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Tensor& x_in,
                                         const at::Tensor& p, double eps, bool need_grad_p,
-                                        bool reads_channels_last) {
+                                        bool reads_channels_last, bool reads_grad_strides = false) {
   constexpr const char* op = "gem";  // backward messages name the public op, as the fakes do
   check_gem_inputs(x_in, p, eps);
   check_float_dtype(op, "grad_out", grad_out);
@@ -56,7 +56,9 @@ inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Te
                     x_in.size(1), "], got ", grad_out.sizes());
   GemBackward b;
   b.x = reads_channels_last ? contiguous_or_channels_last(x_in) : x_in.contiguous();
-  b.grad_out = grad_out.to(x_in.scalar_type()).contiguous();
+  // A kernel that reads grad_out through its strides takes the expanded [N, C] gradient of
+  // .sum() / .mean() as it is, without materializing it.
+  b.grad_out = reads_grad_strides ? grad_out.to(x_in.scalar_type()) : grad_out.to(x_in.scalar_type()).contiguous();
   b.grad_x = reads_channels_last ? empty_in_layout_of(b.x) : at::empty(x_in.sizes(), x_in.options());
   b.grad_p_rows = at::empty(need_grad_p ? at::IntArrayRef{x_in.size(0), x_in.size(1)} : at::IntArrayRef{0},
                             x_in.options().dtype(acc_dtype(x_in)));

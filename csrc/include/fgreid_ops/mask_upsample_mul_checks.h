@@ -71,13 +71,14 @@ struct MaskUpsampleMulBackward {
 
 inline MaskUpsampleMulBackward prepare_mask_upsample_mul_backward(const at::Tensor& grad_out, const at::Tensor& feat,
                                                                   const at::Tensor& mask, std::string_view mode,
-                                                                  bool pool, bool need_grad_feat, bool need_grad_mask) {
+                                                                  bool pool, bool need_grad_feat, bool need_grad_mask,
+                                                                  bool reads_grad_strides = false) {
   check_mask_upsample_mul_inputs(feat, mask);
   check_mask_upsample_mul_grad(grad_out, feat, pool);
   MaskUpsampleMulBackward b;
   b.linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
   b.feat = feat.contiguous();
-  b.grad_out = grad_out.to(feat.scalar_type()).contiguous();
+  b.grad_out = reads_grad_strides ? grad_out.to(feat.scalar_type()) : grad_out.to(feat.scalar_type()).contiguous();
   b.mask = mask.to(acc_dtype(feat)).contiguous();
   b.grad_feat = at::empty(need_grad_feat ? feat.sizes() : at::IntArrayRef{0}, feat.options());
   b.grad_mask = at::empty(need_grad_mask ? mask.sizes() : at::IntArrayRef{0}, b.mask.options());
