@@ -253,7 +253,7 @@ class _Distances:
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                       metric: str = "euclidean", memory_budget: int = 256 * 2**20, progress: bool = False,
                       return_per_query: bool = False, junk_pid: int | None = None,
-                      backend: str | None = None) -> EvaluationResult:
+                      backend: str | None = None, rerank: dict | None = None) -> EvaluationResult:
     """`evaluate` from features, never holding the [Q, G] distance matrix.
 
     The gallery is walked in chunks: per chunk one GEMM gives the [Q, chunk] distances
@@ -274,6 +274,10 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         memory_budget: bytes for the distance block + gallery chunk (default 256 MiB).
         progress: show a tqdm progress bar over the gallery (when tqdm is installed).
         backend: None (auto), "reference" (whole matrix, not streamed), "cpu" or "triton".
+        rerank: None, or k-reciprocal re-ranking of the euclidean distances, {"k1": 20, "k2": 6,
+            "lambda_value": 0.3} (any subset; True for these defaults): the re-ranked tiles are
+            streamed (fgreid_ops.ops.rerank.evaluate_reranked), equal to `evaluate` on
+            `fgreid_ops.rerank(q_feats, g_feats, ..., memory_budget=memory_budget)`.
         Other arguments as `evaluate`. Eager only (a Python loop over chunks).
     """
     op = "evaluate_features"
@@ -296,8 +300,15 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     checks.check_choice(op, "metric", metric, METRICS)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
         raise ValueError(f"fgreid_ops.{op}: expected memory_budget to be a positive int (bytes), got {memory_budget!r}")
-    backend = _backend.resolve(_OP, q_feats.device.type, backend)
     q_feats, g_feats = q_feats.detach(), g_feats.detach()
+    if rerank is not None:
+        if metric != "euclidean":
+            raise ValueError(f"fgreid_ops.{op}: expected metric='euclidean' with rerank, got {metric!r}")
+        from .rerank import evaluate_reranked  # rerank.py builds on this module
+
+        return evaluate_reranked(q_feats, g_feats, ids, rerank, max_rank, memory_budget, progress,
+                                 return_per_query, junk_pid, backend)
+    backend = _backend.resolve(_OP, q_feats.device.type, backend)
     if backend == "reference":
         distmat = distance_reference(q_feats, g_feats, metric)
         return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)

@@ -15,4 +15,4 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 if AVAILABLE:
-    from . import batch_hard_triplet, evaluate, gem, topk_mask  # noqa: F401
+    from . import batch_hard_triplet, evaluate, gem, rerank, topk_mask  # noqa: F401
