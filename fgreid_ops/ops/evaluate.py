@@ -207,6 +207,17 @@ def _chunk_sizes(Q, G, D, memory_budget, itemsize):
     return q_block, chunk
 
 
+def streaming_ops(backend, ids, junk_pid):
+    """(match_offsets, match_index, count op, finalize) of a streamed evaluation on `backend`."""
+    if backend == "triton":
+        from ..triton.evaluate import finalize_torch, matches_torch
+
+        offsets, index = matches_torch(*ids, junk_pid)
+        return offsets, index, torch.ops.fgreid.evaluate_count_triton, finalize_torch
+    offsets, index = torch.ops.fgreid.evaluate_matches(*ids, junk_pid)
+    return offsets, index, torch.ops.fgreid.evaluate_count, torch.ops.fgreid.evaluate_finalize
+
+
 def _progress(total, enabled):
     if not enabled:
         return None
@@ -316,14 +327,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     q_pids, g_pids, q_camids, g_camids = ids
     compute = torch.float64 if torch.float64 in (q_feats.dtype, g_feats.dtype) else torch.float32
     dist = _Distances(q_feats, metric, compute)
-    if backend == "triton":
-        from ..triton.evaluate import finalize_torch, matches_torch
-
-        offsets, index = matches_torch(*ids, junk_pid)
-        count_op, finalize = torch.ops.fgreid.evaluate_count_triton, finalize_torch
-    else:
-        offsets, index = torch.ops.fgreid.evaluate_matches(*ids, junk_pid)
-        count_op, finalize = torch.ops.fgreid.evaluate_count, torch.ops.fgreid.evaluate_finalize
+    offsets, index, count_op, finalize = streaming_ops(backend, ids, junk_pid)
 
     itemsize = torch.empty((), dtype=compute).element_size()
     q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, itemsize)

@@ -37,7 +37,7 @@ from .. import _backend
 from .. import _checks as checks
 from .._extension import has_extension
 from ..reference.rerank import rerank_reference
-from .evaluate import _chunk_sizes, _progress, _result
+from .evaluate import _chunk_sizes, _progress, _result, streaming_ops
 
 _OP = "rerank"
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -271,14 +271,7 @@ def evaluate_reranked(q_feats, g_feats, ids, params, max_rank, memory_budget, pr
         return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
 
     q_pids, g_pids, _, _ = ids
-    if rerank_backend == "triton":
-        from ..triton.evaluate import finalize_torch, matches_torch
-
-        offsets, index = matches_torch(*ids, junk_pid)
-        count_op, finalize = torch.ops.fgreid.evaluate_count_triton, finalize_torch
-    else:
-        offsets, index = torch.ops.fgreid.evaluate_matches(*ids, junk_pid)
-        count_op, finalize = torch.ops.fgreid.evaluate_count, torch.ops.fgreid.evaluate_finalize
+    offsets, index, count_op, finalize = streaming_ops(rerank_backend, ids, junk_pid)
 
     reranker = Reranker(q_feats, g_feats, k1, k2, lambda_value, rerank_backend)
     Q, nnz, device = q_feats.shape[0], index.shape[0], q_feats.device
