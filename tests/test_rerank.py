@@ -258,6 +258,11 @@ def test_opcheck():
     x = torch.cat([q, g])
     sq = (x * x).sum(1)
     torch.library.opcheck(torch.ops.fgreid.rerank_knn, (x, sq, 5))
+    index, row_max = torch.ops.fgreid.rerank_knn(x, sq, 5)
+    torch.library.opcheck(torch.ops.fgreid.rerank_neighbours, (x, sq, index, row_max, 4, 2))
+    sparse = torch.ops.fgreid.rerank_neighbours(x, sq, index, row_max, 4, 2)
+    gram = (q @ g.T).contiguous()
+    torch.library.opcheck(torch.ops.fgreid.rerank_blend_, (gram, sq[:4], sq[4:], row_max[:4], *sparse, 0, 4, 0.3))
 
 
 def test_torch_compile_fullgraph():
