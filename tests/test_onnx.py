@@ -24,7 +24,7 @@ CHECK_BATCHES = (1, 3, 5)
 TRITON = _backend.triton_available("cpu")
 HAS = {name: hasattr(fgreid_ops, name) for name in ("off", "mask_upsample_mul", "topk_mask")}
 # Ops with no inference use: no lowering needed.
-TRAINING_OR_EVAL_ONLY = ("batch_hard_triplet", "evaluate")
+TRAINING_OR_EVAL_ONLY = ("batch_hard_triplet", "evaluate", "rerank")
 STANDARD_OPS = {
     "Cast", "CastLike", "Concat", "Constant", "Conv", "Div", "Expand", "Identity", "Max", "Min", "Mul", "Pow",
     "ReduceMean", "ReduceSum", "Reshape", "Resize", "ScatterElements", "Shape", "Slice", "Sub", "TopK",
