@@ -203,6 +203,19 @@ def test_knn_stage_ties_to_lower_index(backend, device):
     assert torch.equal(row_max.cpu(), d.amax(1))
 
 
+def test_knn_stage_across_tiles():
+    """More rows than one 1024 x 1024 Gram tile: off-diagonal tiles serve their rows and,
+    transposed, their columns."""
+    q, g = clustered(4, 2300, dim=6, seed=43)
+    x = torch.cat([q, g])
+    x[1500], x[2100] = x[7], x[7]
+    sq = (x * x).sum(1)
+    d = (sq[:, None] + sq[None, :]) - 2 * (x @ x.T)
+    index, row_max = torch.ops.fgreid.rerank_knn(x, sq, 21)
+    assert torch.equal(index, torch.sort(d, dim=1, stable=True).indices[:, :21])
+    assert torch.equal(row_max, d.amax(1))
+
+
 # --- streamed evaluation -----------------------------------------------------------------------
 
 def _ids(num_query, num_gallery, seed):

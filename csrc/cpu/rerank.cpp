@@ -2,8 +2,9 @@
 //
 // Rows are x = cat(q, g) (N = Q + G), d[i, j] = (|x_i|^2 + |x_j|^2) - 2 x_i.x_j, d' = d / max_j d.
 // Three stages, each its own op so that a streamed evaluation can call the last one per chunk:
-// - rerank_knn: the k nearest of every row by GEMM tiles and a running top-k, plus each row's
-//   max. Rows are ranked by d itself: dividing a row by its positive max keeps the order.
+// - rerank_knn: the k nearest of every row by GEMM tiles (the upper triangle of tiles only) and a
+//   running top-k, plus each row's max. Rows are ranked by d itself: dividing a row by its
+//   positive max keeps the order.
 // - rerank_neighbours: the expanded k-reciprocal sets, V as CSR (after query expansion) and its
 //   transpose (for each column, the rows where V is non-zero): the inverted index.
 // - rerank_blend_: one [rows, cols] tile of the result from its Gram tile, with the Jaccard term
@@ -31,9 +32,8 @@
 namespace fgreid_ops {
 namespace {
 
-// A [kTileRows, kTileCols] float32 Gram tile is 4 MiB; 256 rows keep the GEMM efficient.
-constexpr int64_t kTileRows = 256;
-constexpr int64_t kTileCols = 4096;
+// A [kTile, kTile] float32 Gram tile is 4 MiB.
+constexpr int64_t kTile = 1024;
 // Row indices are packed into the low 32 bits of the ranking keys.
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
 
@@ -94,6 +94,28 @@ inline void insert_key(uint64_t* keys, int64_t& count, int64_t k, uint64_t key) 
   keys[p] = key;
 }
 
+// Running top-k and max of rows r0 .. r0 + rows from a [rows, cols] tile of d's Gram matrix
+// whose columns are c0 .. c0 + cols.
+void update_rows(const float* gram, int64_t rows, int64_t cols, int64_t r0, int64_t c0, const float* sq,
+                 int64_t k, uint64_t* keys, int64_t* count, float* rmax) {
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r0 + r;
+      const float* gi = gram + r * cols;
+      uint64_t* ki = keys + i * k;
+      int64_t n = count[i];
+      float mx = rmax[i];
+      for (int64_t c = 0; c < cols; ++c) {
+        const float d = distance(sq[i], sq[c0 + c], gi[c]);
+        mx = d > mx ? d : mx;
+        insert_key(ki, n, k, rank_key(d, c0 + c));
+      }
+      count[i] = n;
+      rmax[i] = mx;
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& feats, const at::Tensor& sqnorms,
                                                   int64_t k) {
   const char* op = "rerank_knn";
@@ -110,29 +132,19 @@ std::tuple<at::Tensor, at::Tensor> rerank_knn_cpu(const at::Tensor& feats, const
   float* rmax = row_max.mutable_data_ptr<float>();
   std::fill(rmax, rmax + N, -std::numeric_limits<float>::infinity());
 
-  for (int64_t r0 = 0; r0 < N; r0 += kTileRows) {
-    const int64_t rows = std::min(kTileRows, N - r0);
+  // d is symmetric: each off-diagonal tile serves its rows and, transposed, its columns, which
+  // halves the GEMM work. The k smallest of distinct keys do not depend on the arrival order.
+  for (int64_t r0 = 0; r0 < N; r0 += kTile) {
+    const int64_t rows = std::min(kTile, N - r0);
     const at::Tensor a = x.narrow(0, r0, rows);
-    for (int64_t c0 = 0; c0 < N; c0 += kTileCols) {
-      const int64_t cols = std::min(kTileCols, N - c0);
+    for (int64_t c0 = r0; c0 < N; c0 += kTile) {
+      const int64_t cols = std::min(kTile, N - c0);
       const at::Tensor gram = at::mm(a, x.narrow(0, c0, cols).t()).contiguous();
-      const float* g = gram.const_data_ptr<float>();
-      at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t i = r0 + r;
-          const float* gi = g + r * cols;
-          uint64_t* ki = keys.data() + i * k;
-          int64_t n = count[i];
-          float mx = rmax[i];
-          for (int64_t c = 0; c < cols; ++c) {
-            const float d = distance(sq[i], sq[c0 + c], gi[c]);
-            mx = d > mx ? d : mx;
-            insert_key(ki, n, k, rank_key(d, c0 + c));
-          }
-          count[i] = n;
-          rmax[i] = mx;
-        }
-      });
+      update_rows(gram.const_data_ptr<float>(), rows, cols, r0, c0, sq, k, keys.data(), count.data(), rmax);
+      if (c0 != r0) {
+        const at::Tensor gram_t = gram.t().contiguous();
+        update_rows(gram_t.const_data_ptr<float>(), cols, rows, c0, r0, sq, k, keys.data(), count.data(), rmax);
+      }
     }
   }
 
