@@ -1,7 +1,7 @@
 // The one place that declares the operator schemas of the `fgreid` namespace.
-// Kernels register per backend in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; Triton
-// kernels register from fgreid_ops/triton/<op>.py; fakes and autograd live in
-// fgreid_ops/ops/<op>.py.
+// Kernels register per backend in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu. The Triton twins
+// (<op>_triton) are defined in Python from the op descriptions in fgreid_ops/ops/<op>.py, which
+// also register the fakes and autograd of every op (fgreid_ops/_registry.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(fgreid, m) {
@@ -11,10 +11,6 @@ TORCH_LIBRARY(fgreid, m) {
   m.def("gem(Tensor x, Tensor p, float eps) -> Tensor");
   m.def(
       "gem_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
-      " -> (Tensor grad_x, Tensor grad_p_rows)");
-  m.def("gem_triton(Tensor x, Tensor p, float eps) -> Tensor");
-  m.def(
-      "gem_triton_backward(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
       " -> (Tensor grad_x, Tensor grad_p_rows)");
 
   // Fused localization (SPEC §3): feat * F.interpolate(mask, (H, W), mode, align_corners=False),
@@ -39,18 +35,11 @@ TORCH_LIBRARY(fgreid, m) {
       "evaluate(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids,"
       " int? junk_pid) -> (Tensor first_hit, Tensor ap, Tensor inp)");
   m.def(
-      "evaluate_triton(Tensor distmat, Tensor q_pids, Tensor g_pids, Tensor q_camids,"
-      " Tensor g_camids, int? junk_pid) -> (Tensor first_hit, Tensor ap, Tensor inp)");
-  m.def(
       "evaluate_matches(Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids,"
       " int? junk_pid) -> (Tensor match_offsets, Tensor match_index)");
   m.def(
       "evaluate_count(Tensor dist, Tensor q_pids, Tensor g_pids, int g_start, Tensor match_offsets,"
       " Tensor match_index, Tensor match_dist, int? junk_pid, Tensor(a!) counts) -> ()");
-  m.def(
-      "evaluate_count_triton(Tensor dist, Tensor q_pids, Tensor g_pids, int g_start,"
-      " Tensor match_offsets, Tensor match_index, Tensor match_dist, int? junk_pid,"
-      " Tensor(a!) counts) -> ()");
   m.def(
       "evaluate_finalize(Tensor match_offsets, Tensor match_index, Tensor match_dist,"
       " Tensor counts) -> (Tensor first_hit, Tensor ap, Tensor inp)");
@@ -58,8 +47,6 @@ TORCH_LIBRARY(fgreid, m) {
   // the backward is grad_f2 = grad_out * mask (f1 gets no gradient).
   m.def("topk_mask(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
   m.def("topk_mask_backward(Tensor grad_out, Tensor mask) -> Tensor");
-  m.def("topk_mask_triton(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)");
-  m.def("topk_mask_triton_backward(Tensor grad_out, Tensor mask) -> Tensor");
   // Batch-hard triplet mining (SPEC §5): for each anchor row of emb, the index into ref_emb of
   // its hardest positive (largest distance, same label) and hardest negative (smallest distance,
   // other label), -1 where none exists; ties go to the lower index and a NaN distance wins.
@@ -74,13 +61,6 @@ TORCH_LIBRARY(fgreid, m) {
       " str distance) -> (Tensor d_ap, Tensor d_an, Tensor idx_p, Tensor idx_n)");
   m.def(
       "batch_hard_triplet_mine_backward(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb,"
-      " Tensor ref_emb, Tensor idx_p, Tensor idx_n, Tensor d_ap, Tensor d_an, str distance,"
-      " bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)");
-  m.def(
-      "batch_hard_triplet_mine_triton(Tensor emb, Tensor labels, Tensor ref_emb,"
-      " Tensor ref_labels, str distance) -> (Tensor d_ap, Tensor d_an, Tensor idx_p, Tensor idx_n)");
-  m.def(
-      "batch_hard_triplet_mine_triton_backward(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb,"
       " Tensor ref_emb, Tensor idx_p, Tensor idx_n, Tensor d_ap, Tensor d_an, str distance,"
       " bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)");
   // k-reciprocal re-ranking (SPEC §9), in stages so that a streamed evaluation can blend one

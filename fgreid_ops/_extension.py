@@ -3,7 +3,7 @@ never swallowed: the ops then raise on use unless the reference backend is selec
 
 import warnings
 
-import torch
+import torch  # noqa: F401  (fgreid_ops._C links against libtorch)
 
 _load_error = None
 try:
@@ -31,7 +31,3 @@ def require_extension(op: str) -> None:
             "rebuild it or use fgreid_ops.use_reference()"
         )
 
-
-def has_cuda_kernels() -> bool:
-    """True when the extension was built with its CUDA kernels."""
-    return has_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("fgreid::gem", "CUDA")

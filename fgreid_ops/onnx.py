@@ -54,12 +54,11 @@ import os
 
 import torch
 
+from .reference.off import SOBEL_X, SOBEL_Y
+
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 
 MIN_OPSET = 18  # the lowerings use opset-18 signatures (ReduceMean/ReduceSum axes as inputs)
-
-SOBEL_X = [[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]
-SOBEL_Y = [[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]
 
 
 def _op():
@@ -192,36 +191,24 @@ def topk_mask_onnx(f1, f2, k: int):
     return op.Mul(f2, mask), mask
 
 
-# op name in torch.ops.fgreid -> lowering; the C++ and Triton variants of an op share one. A new
-# inference op without an entry here fails tests/test_onnx.py::test_translation_table_has_every_registered_inference_op.
-LOWERINGS = {
-    "gem": gem_onnx,
-    "gem_triton": gem_onnx,
-    "off": off_onnx,
-    "off_segment": off_segment_onnx,
-    "mask_upsample_mul": mask_upsample_mul_onnx,
-    "topk_mask": topk_mask_onnx,
-    "topk_mask_triton": topk_mask_onnx,
-}
+def lowerings() -> dict:
+    """``{op name in torch.ops.fgreid: lowering}`` from the op descriptions (OpDef.onnx names a
+    lowering of this module); the C++ and Triton variants of an op share one. An inference op
+    without one fails tests/test_onnx.py::test_translation_table_has_every_registered_inference_op."""
+    from . import _registry, ops  # noqa: F401  (importing the ops registers their descriptions)
 
-
-def _fgreid_op(name: str):
-    import fgreid_ops  # noqa: F401  (registers the schemas)
-
-    try:
-        return getattr(torch.ops.fgreid, name).default
-    except (AttributeError, RuntimeError):
-        return None
+    return {name: globals()[op.onnx] for op in _registry.all_ops() if op.onnx for name in op.variants()}
 
 
 def translation_table() -> dict:
-    """``{torch.ops.fgreid.<op>.default: lowering}`` for every op of LOWERINGS whose schema is
-    registered in this build, ready for ``torch.onnx.export(custom_translation_table=...)``."""
+    """``{torch.ops.fgreid.<op>.default: lowering}`` for every op with a lowering whose schema is
+    registered in this build, ready for ``torch.onnx.export(custom_translation_table=...)``. A
+    lowering whose schema is missing is an error (a stale or partial build), not a silent gap."""
     table = {}
-    for name, fn in LOWERINGS.items():
-        overload = _fgreid_op(name)
-        if overload is not None:
-            table[overload] = fn
+    for name, fn in lowerings().items():
+        if not hasattr(torch.ops.fgreid, name):
+            raise RuntimeError(f"fgreid_ops.onnx: the op fgreid::{name} has a lowering but is not registered")
+        table[getattr(torch.ops.fgreid, name).default] = fn
     return table
 
 

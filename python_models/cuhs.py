@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _ops
+import fgreid_ops
+
 from .resnet import Bottleneck, ResNet, init_weights, make_layer
 
 # top-k of the attention exploration mechanism per dataset (paper, Fig. 5)
@@ -159,7 +160,7 @@ class CUHS(nn.Module):
         self.hs_stream = Stream(width, layers, last_stride)
         self.hsl = HSL(channels, hs_size)
         self.han = HAN(channels, han_reduction)
-        self.gem = _ops.GeM(p=gem_p)
+        self.gem = fgreid_ops.nn.GeM(p=gem_p)
         self.reduce = nn.ModuleDict({name: reduction(channels, feat_dim) for name in self.FEATURES})
         self.classifiers = nn.ModuleDict({name: nn.Linear(feat_dim, num_classes, bias=False) for name in self.FEATURES})
         for stream in (self.bn_stream, self.in_stream, self.hs_stream):
@@ -176,7 +177,7 @@ class CUHS(nn.Module):
         f = self.backbone_base(x)
         f_bn = self.bn_stream(f)
         f_in = self.in_stream(f)
-        f_in2, _ = _ops.topk_mask(f_in, f_in, self.topk)  # eqs. 5–6 (F_2 = F_1: one IN block)
+        f_in2, _ = fgreid_ops.topk_mask(f_in, f_in, self.topk)  # eqs. 5–6 (F_2 = F_1: one IN block)
         crop, boxes = self.hsl(self.hs_stream(f))  # eq. 7
         pooled = {
             "bn": f_bn.mean(dim=(2, 3)),
@@ -221,7 +222,7 @@ class CUHS(nn.Module):
 def cuhs_loss(out: dict, labels: torch.Tensor, margin: float = 0.3, eta1: float = 1.0, eta2: float = 1.0):
     """Eq. 14: η1·Σ CE + η2·Σ batch-hard triplet over the four features (η1 = η2 = 1, margin α = 0.3)."""
     ce = sum(F.cross_entropy(logit, labels) for logit in out["logits"])
-    tri = sum(_ops.batch_hard_triplet(f, labels, margin=margin) for f in out["features"])
+    tri = sum(fgreid_ops.batch_hard_triplet(f, labels, margin=margin) for f in out["features"])
     return eta1 * ce + eta2 * tri, {"ce": ce.detach(), "triplet": tri.detach()}
 
 

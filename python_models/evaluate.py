@@ -19,7 +19,8 @@ import sys
 import torch
 from torch.utils.data import DataLoader
 
-from . import _ops
+import fgreid_ops
+
 from .config import build_model
 from .datasets import ImageDataset, SegmentDataset, load_dataset
 from .fg_video import FGVideoNet, fg_distance
@@ -87,7 +88,7 @@ def tracklet_features(model, tracklets, cfg, device, batch_size=8, workers=4):
             segments.setdefault(k, []).append(v.float().cpu())
         owner.append(index)
     owner = torch.cat(owner)
-    feats = {k: _ops.tracklet_features(torch.cat(v), owner, len(tracklets)) for k, v in segments.items()}
+    feats = {k: fgreid_ops.tracklet_features(torch.cat(v), owner, len(tracklets)) for k, v in segments.items()}
     return feats if isinstance(model, FGVideoNet) else feats["feat"]
 
 
@@ -109,9 +110,9 @@ def market_protocol(q_feats, g_feats, query, gallery, max_rank=50) -> dict:
     g_pids, g_cams = _ids(gallery)
     max_rank = min(max_rank, len(gallery))
     if isinstance(q_feats, dict):
-        result = _ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+        result = fgreid_ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
     else:
-        result = _ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+        result = fgreid_ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
     return metrics_dict(result)
 
 
@@ -192,8 +193,6 @@ def main(argv=None) -> dict:
     split = args.split if args.split is not None else cfg.get("split", 0)
     data = load_dataset(name, root, split=split)
     print(data.summary(), file=sys.stderr)
-    import fgreid_ops
-
     with fgreid_ops.use_reference(args.reference):
         metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers)
     print(f"{name}: " + format_metrics(metrics))

@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _ops
+import fgreid_ops
+
 from .cuhs import scale_translate_grid
 from .resnet import ResNet
 
@@ -183,7 +184,7 @@ class FGVideoNet(nn.Module):
         motion_maps = []
         for f_g, conv in zip(levels, self.motion):
             seg = f_g.view(n, t, *f_g.shape[1:])
-            motion_maps.append(conv(_ops.off(seg, stride=self.delta_t).flatten(0, 1)))  # f_mi [N·P, C_i, ·, ·]
+            motion_maps.append(conv(fgreid_ops.off(seg, stride=self.delta_t).flatten(0, 1)))  # f_mi [N·P, C_i, ·, ·]
         feats["motion"] = torch.cat([m.mean(dim=(2, 3)) for m in motion_maps], 1).view(n, pairs, -1).mean(dim=1)
 
         h = motion_maps[0].new_zeros(n * pairs, self.lstm.hidden_size)
@@ -195,7 +196,7 @@ class FGVideoNet(nn.Module):
         for f_g, m in zip(levels, masks):
             refined = self.alpha * m + (1 - self.alpha) * masks[-1]  # eq. 2
             frames = f_g.view(n, t, *f_g.shape[1:])[:, :pairs].flatten(0, 1)
-            pooled.append(_ops.mask_upsample_mul(frames, refined, mode=self.upsample, pool=True))  # eq. 3 + GAP
+            pooled.append(fgreid_ops.mask_upsample_mul(frames, refined, mode=self.upsample, pool=True))  # eq. 3 + GAP
         feats["ma"] = torch.cat(pooled, 1).view(n, pairs, -1).mean(dim=1)
 
         if self.joint_stream:

@@ -15,3 +15,10 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_generate_tests(metafunc):
+    """The parametrization of the generic op battery (tests/op_battery.py) comes from its class."""
+    cls = metafunc.cls
+    if cls is not None and hasattr(cls, "battery_parameters"):
+        cls.battery_parameters(metafunc)

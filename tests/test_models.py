@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fgreid_ops
-from python_models import _ops, evaluate, train
+from python_models import evaluate, train
 from python_models.cuhs import CUHS, HSL, cuhs_loss, hsl_loss, parameter_report, params_to_box
 from python_models.datasets import Tracklet
 from python_models.fg_video import FGVideoNet, body_parts, crop, fg_distance, fg_video_loss, part_boxes
@@ -219,7 +219,7 @@ def test_fg_video_masks_follow_eq_2_and_3():
     x, _ = video_inputs(n=1, t=3)
     with torch.no_grad():
         levels = model.backbone(x.flatten(0, 1), levels=True)
-        maps = [conv(_ops.off(l[None], stride=2)[0]) for l, conv in zip(levels, model.motion)]
+        maps = [conv(fgreid_ops.off(l[None], stride=2)[0]) for l, conv in zip(levels, model.motion)]
         state, masks = (torch.zeros(1, 16), torch.zeros(1, 16)), []
         for m, phi in zip(maps, model.phi):
             state = model.lstm(phi(torch.nn.functional.adaptive_avg_pool2d(m, (2, 2))).flatten(1), state)

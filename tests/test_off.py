@@ -407,9 +407,9 @@ def test_backend_choice():
     a, b = rand((1, 2, 3, 3)), rand((1, 2, 3, 3), seed=1)
     with pytest.raises(ValueError, match="backend"):
         fgreid_ops.off(a, b, backend="fortran")
-    if fgreid_ops._backend.triton_available("cpu"):
-        with pytest.raises(RuntimeError, match="fgreid_ops.off: no Triton kernel"):
-            fgreid_ops.off(a, b, backend="triton")
+    # no Triton kernel is a fact of the op, so the error does not depend on triton being installed
+    with pytest.raises(ValueError, match="fgreid_ops.off: no Triton kernel"):
+        fgreid_ops.off(a, b, backend="triton")
     with fgreid_ops.use_reference():
         ref = fgreid_ops.off(a, b)
     torch.testing.assert_close(fgreid_ops.off(a, b), ref)

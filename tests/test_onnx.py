@@ -10,7 +10,9 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 import fgreid_ops  # noqa: E402
-from fgreid_ops import _backend  # noqa: E402
+import python_models.cuhs  # noqa: E402,F401  (the models the export parity cases build)
+import python_models.fg_video  # noqa: E402,F401
+from fgreid_ops import _backend, _registry  # noqa: E402
 from fgreid_ops import onnx as fonnx  # noqa: E402
 
 from onnx_helpers import (  # noqa: E402
@@ -22,9 +24,8 @@ cache_torchlib_registry()
 EXPORT_BATCH = 2
 CHECK_BATCHES = (1, 3, 5)
 TRITON = _backend.triton_available("cpu")
-HAS = {name: hasattr(fgreid_ops, name) for name in ("off", "mask_upsample_mul", "topk_mask")}
-# Ops with no inference use: no lowering needed.
-TRAINING_OR_EVAL_ONLY = ("batch_hard_triplet", "evaluate", "rerank")
+# Ops with no inference use (their description has no lowering): training and evaluation.
+TRAINING_OR_EVAL_ONLY = tuple(op.name for op in _registry.all_ops() if op.onnx is None)
 STANDARD_OPS = {
     "Cast", "CastLike", "Concat", "Constant", "Conv", "Div", "Expand", "Identity", "Max", "Min", "Mul", "Pow",
     "ReduceMean", "ReduceSum", "Reshape", "Resize", "ScatterElements", "Shape", "Slice", "Sub", "TopK",
@@ -47,25 +48,22 @@ class AllOps(nn.Module):
         out = {"gem": fgreid_ops.gem(x, self.p), "gem_per_channel": fgreid_ops.gem(x, self.p_c)}
         if TRITON:
             out["gem_triton"] = fgreid_ops.gem(x, self.p, backend="triton")
-        if HAS["off"]:
-            out["off"] = fgreid_ops.off(x[:, :3], x[:, 3:])  # channel-sliced views
-            out["off_segment"] = fgreid_ops.off(seg, stride=2)
-        if HAS["mask_upsample_mul"]:
-            mum = fgreid_ops.mask_upsample_mul
-            out["mum_bilinear"] = mum(x, mask, mode="bilinear")
-            out["mum_nearest"] = mum(x, mask, mode="nearest")
-            out["mum_bilinear_pool"] = mum(x, mask, mode="bilinear", pool=True)
-            out["mum_nearest_pool"] = mum(x, mask, mode="nearest", pool=True)
-            out["mum_per_channel"] = mum(x, mask_c, mode="bilinear")
-            # downsampling to 1 row (4 -> 1) while upsampling columns (2 -> 3)
-            out["mum_down"] = mum(x[:, :, :1, :3], mask, mode="bilinear")
-            out["mum_down_pool"] = mum(x[:, :, :1, :3], mask, mode="bilinear", pool=True)
-            out["mum_down_nearest"] = mum(x[:, :, :1, :3], mask, mode="nearest")
-        if HAS["topk_mask"]:
-            for k in (0, 5, 100):  # identity, the FG-reID default, more than H*W = 32
-                out[f"topk{k}"], out[f"topk{k}_mask"] = fgreid_ops.topk_mask(f1, x, k)
-            if TRITON:
-                out["topk_triton"], out["topk_triton_mask"] = fgreid_ops.topk_mask(f1, x, 5, backend="triton")
+        out["off"] = fgreid_ops.off(x[:, :3], x[:, 3:])  # channel-sliced views
+        out["off_segment"] = fgreid_ops.off(seg, stride=2)
+        mum = fgreid_ops.mask_upsample_mul
+        out["mum_bilinear"] = mum(x, mask, mode="bilinear")
+        out["mum_nearest"] = mum(x, mask, mode="nearest")
+        out["mum_bilinear_pool"] = mum(x, mask, mode="bilinear", pool=True)
+        out["mum_nearest_pool"] = mum(x, mask, mode="nearest", pool=True)
+        out["mum_per_channel"] = mum(x, mask_c, mode="bilinear")
+        # downsampling to 1 row (4 -> 1) while upsampling columns (2 -> 3)
+        out["mum_down"] = mum(x[:, :, :1, :3], mask, mode="bilinear")
+        out["mum_down_pool"] = mum(x[:, :, :1, :3], mask, mode="bilinear", pool=True)
+        out["mum_down_nearest"] = mum(x[:, :, :1, :3], mask, mode="nearest")
+        for k in (0, 5, 100):  # identity, the FG-reID default, more than H*W = 32
+            out[f"topk{k}"], out[f"topk{k}_mask"] = fgreid_ops.topk_mask(f1, x, k)
+        if TRITON:
+            out["topk_triton"], out["topk_triton_mask"] = fgreid_ops.topk_mask(f1, x, 5, backend="triton")
         return out
 
 
@@ -81,14 +79,11 @@ def all_ops_inputs(batch, dtype=torch.float32, seed=0):
 
 def output_groups():
     names = ["gem", "gem_per_channel"] + (["gem_triton"] if TRITON else [])
-    if HAS["off"]:
-        names += ["off", "off_segment"]
-    if HAS["mask_upsample_mul"]:
-        names += ["mum_bilinear", "mum_nearest", "mum_bilinear_pool", "mum_nearest_pool", "mum_per_channel",
-                  "mum_down", "mum_down_pool", "mum_down_nearest"]
-    if HAS["topk_mask"]:
-        names += [f"topk{k}{s}" for k in (0, 5, 100) for s in ("", "_mask")]
-        names += ["topk_triton", "topk_triton_mask"] if TRITON else []
+    names += ["off", "off_segment"]
+    names += ["mum_bilinear", "mum_nearest", "mum_bilinear_pool", "mum_nearest_pool", "mum_per_channel",
+              "mum_down", "mum_down_pool", "mum_down_nearest"]
+    names += [f"topk{k}{s}" for k in (0, 5, 100) for s in ("", "_mask")]
+    names += ["topk_triton", "topk_triton_mask"] if TRITON else []
     return names
 
 
@@ -132,6 +127,14 @@ def test_translation_table_has_every_registered_inference_op():
     missing = forward_ops - table
     assert not missing, f"fgreid ops without an ONNX lowering: {sorted(missing)}"
     assert table <= schemas
+    assert {"batch_hard_triplet_mine", "evaluate", "evaluate_count"} <= set(TRAINING_OR_EVAL_ONLY)
+
+
+def test_translation_table_raises_for_a_lowering_without_its_schema(monkeypatch):
+    # a stale or partial build must not export silently without the lowering
+    monkeypatch.setattr(fonnx, "lowerings", lambda: {"gem": fonnx.gem_onnx, "no_such_op": fonnx.gem_onnx})
+    with pytest.raises(RuntimeError, match="fgreid::no_such_op has a lowering but is not registered"):
+        fonnx.translation_table()
 
 
 # --- per-op parity in onnxruntime -------------------------------------------------------------
@@ -164,12 +167,9 @@ def test_graph_is_standard_onnx_with_dynamic_batch(fp32_export):
     for value in model.graph.input:
         assert value.type.tensor_type.shape.dim[0].dim_param, f"input {value.name} has a static batch"
     types = {n.op_type for n in model.graph.node}
-    if HAS["topk_mask"]:
-        assert {"TopK", "ScatterElements", "ReduceSum"} <= types
-    if HAS["off"]:
-        assert "Conv" in types
-    if HAS["mask_upsample_mul"]:
-        assert "Resize" in types
+    assert {"TopK", "ScatterElements", "ReduceSum"} <= types
+    assert "Conv" in types
+    assert "Resize" in types
 
 
 def test_custom_domain_nodes_are_found():
@@ -179,7 +179,6 @@ def test_custom_domain_nodes_are_found():
     assert fonnx.custom_domain_nodes(onnx.helper.make_model(graph)) == ["fgreid::Gem"]
 
 
-@pytest.mark.skipif(not HAS["topk_mask"], reason="topk_mask not in this build")
 def test_topk_ties_pick_the_lower_index_in_onnxruntime(fp32_export):
     # A = Σ_c f1 is constant: every position ties, the op and ONNX TopK both take the first k.
     path, _ = fp32_export
@@ -256,14 +255,12 @@ def _spec(name, kwargs, size, frames=10):
 
 
 def test_cuhs_exports_with_parity(tmp_path):
-    pytest.importorskip("python_models.cuhs")
     torch.manual_seed(0)
     _model_parity(_spec("cuhs", TINY_CUHS, TINY_CUHS_SIZE), tmp_path / "cuhs.onnx")
 
 
 def test_fg_video_exports_with_parity(tmp_path):
     # all four streams: frames [N, T, 3, H, W] and keypoints [N, T, 16, 2] in, four features out
-    pytest.importorskip("python_models.fg_video")
     torch.manual_seed(0)
     spec = _spec("fg_video", TINY_FG_VIDEO, TINY_FG_VIDEO_SIZE, TINY_FG_VIDEO_FRAMES)
     assert spec.input_names == ["frames", "keypoints"]

@@ -185,7 +185,7 @@ def test_memory_budget_and_thread_count_do_not_change_the_result():
 def test_tiles_stay_within_the_budget():
     q, g = clustered(7, 40, seed=11)
     reranker = Reranker(q, g, 6, 3, 0.3, "cpu")
-    shapes = {tuple(t.shape) for *_, t in reranker.tiles(memory_budget=20 * 4 * (8 + 7))}
+    shapes = {tuple(t.shape) for *_, t in reranker.tiles(memory_budget=4 * 105)}
     assert len(shapes) > 1 and all(r * c < 7 * 40 for r, c in shapes)
 
 
@@ -224,7 +224,7 @@ def _ids(num_query, num_gallery, seed):
             torch.randint(0, 3, (num_query,), generator=gen), torch.randint(0, 3, (num_gallery,), generator=gen))
 
 
-@pytest.mark.parametrize("memory_budget", [256 * 2**20, 12 * 4 * 20])
+@pytest.mark.parametrize("memory_budget", [256 * 2**20, 4 * 30])
 @pytest.mark.parametrize("quantized", [True, False], ids=["grid", "gaussian"])
 def test_evaluate_features_rerank_equals_evaluate_of_rerank(memory_budget, quantized):
     """Exact equality, also for features whose distances carry rounding: both walk the same tiles."""
@@ -267,7 +267,6 @@ def test_evaluate_features_rerank_triton(backend, device):
 
 def test_opcheck():
     q, g = clustered(4, 12, seed=29)
-    torch.library.opcheck(torch.ops.fgreid.rerank, (q, g, 4, 2, 0.3, 2**20, "cpu"))
     x = torch.cat([q, g])
     sq = (x * x).sum(1)
     torch.library.opcheck(torch.ops.fgreid.rerank_knn, (x, sq, 5))
@@ -279,9 +278,12 @@ def test_opcheck():
 
 
 def test_torch_compile_fullgraph():
-    q, g = clustered(4, 12, seed=31)
-    compiled = torch.compile(lambda a, b: fgreid_ops.rerank(a, b, 4, 2) * 2, fullgraph=True, backend="eager")
-    assert torch.equal(compiled(q, g), fgreid_ops.rerank(q, g, 4, 2) * 2)
+    """Dynamo traces the stages through their fakes (the sparse stage's nnz is an unbacked size)."""
+    compiled = torch.compile(lambda a, b: fgreid_ops.rerank(a, b, 4, 2) * 2, fullgraph=True, dynamic=True,
+                             backend="eager")
+    for seed, (num_query, num_gallery) in enumerate([(4, 12), (5, 17)]):
+        q, g = clustered(num_query, num_gallery, seed=31 + seed)
+        assert torch.equal(compiled(q, g), fgreid_ops.rerank(q, g, 4, 2) * 2)
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Public ops: one module per op, each with its function, fakes and autograd registration."""
+"""Public ops: one module per op (the list is fgreid_ops._oplist.OPS), each with its functions
+and the descriptions (fgreid_ops._registry.OpDef) that register its kernels, fakes and autograd.
+This package exports every name of each module's __all__."""
 
-from .batch_hard_triplet import batch_hard_triplet
-from .evaluate import evaluate, evaluate_features, EvaluationResult
-from .gem import gem
-from .mask_upsample_mul import mask_upsample_mul
-from .off import off
-from .rerank import rerank
-from .topk_mask import topk_mask
+import importlib
 
-__all__ = ["batch_hard_triplet", "evaluate", "evaluate_features", "EvaluationResult", "gem", "mask_upsample_mul", "off", "rerank", "topk_mask"]
+from .._oplist import OPS
+
+__all__ = []
+for _name in OPS:
+    _module = importlib.import_module(f"{__name__}.{_name}")
+    for _symbol in _module.__all__:
+        globals()[_symbol] = getattr(_module, _symbol)
+        __all__.append(_symbol)
+del _name, _module, _symbol

@@ -9,59 +9,10 @@ reduction act on the [B] distance vectors in plain PyTorch."""
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
+from .. import _backend, _registry
 from .. import _checks as checks
-from ._register import register_with_backward
+from ..checks.batch_hard_triplet import OP, check_loss_args, check_mine_backward_inputs, check_mine_inputs
 from ..reference.batch_hard_triplet import batch_hard_triplet_reference
-
-_OP = "batch_hard_triplet"
-DISTANCES = ("euclidean", "sqeuclidean", "cosine")
-REDUCTIONS = ("mean", "sum", "none")
-
-# The GPU kernel is Triton; there is no CUDA C++ one.
-_backend.GPU_DEFAULT.setdefault(_OP, "triton")
-
-
-def _check_labels(arg, labels, emb_arg, emb):
-    checks.check_tensor(_OP, arg, labels)
-    checks.check_dim(_OP, arg, labels, 1, "(B,)")
-    if labels.dtype != torch.int64:
-        raise TypeError(f"fgreid_ops.{_OP}: expected {arg} to be int64, got {labels.dtype}")
-    checks.check_same_device(_OP, arg, labels, "emb", emb)
-    if labels.shape[0] != emb.shape[0]:
-        raise ValueError(
-            f"fgreid_ops.{_OP}: expected {arg} of shape [{emb.shape[0]}] (one per row of {emb_arg}), "
-            f"got {list(labels.shape)}"
-        )
-
-
-def check_mine_inputs(emb, labels, ref_emb, ref_labels, distance):
-    """The checks of the mining op (same messages as csrc/include/fgreid_ops/batch_hard_triplet_checks.h)."""
-    checks.check_tensor(_OP, "emb", emb)
-    checks.check_dim(_OP, "emb", emb, 2, "(B, D)")
-    checks.check_float_dtype(_OP, "emb", emb)
-    checks.check_nonempty_batch(_OP, "emb", emb)
-    checks.check_nonempty(_OP, "emb", emb)
-    _check_labels("labels", labels, "emb", emb)
-    checks.check_tensor(_OP, "ref_emb", ref_emb)
-    checks.check_dim(_OP, "ref_emb", ref_emb, 2, "(M, D)")
-    if ref_emb.dtype != emb.dtype:
-        raise TypeError(f"fgreid_ops.{_OP}: expected ref_emb to have the dtype of emb ({emb.dtype}), got {ref_emb.dtype}")
-    checks.check_same_device(_OP, "ref_emb", ref_emb, "emb", emb)
-    checks.check_nonempty_batch(_OP, "ref_emb", ref_emb)
-    if ref_emb.shape[1] != emb.shape[1]:
-        raise ValueError(f"fgreid_ops.{_OP}: expected ref_emb of width D={emb.shape[1]} (as emb), got {ref_emb.shape[1]}")
-    _check_labels("ref_labels", ref_labels, "ref_emb", ref_emb)
-    checks.check_choice(_OP, "distance", distance, DISTANCES)
-
-
-def _check_loss_args(margin, reduction, normalize, return_indices):
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0):
-        raise ValueError(f"fgreid_ops.{_OP}: expected margin to be a number >= 0 or None, got {margin!r}")
-    checks.check_choice(_OP, "reduction", reduction, REDUCTIONS)
-    for name, value in (("normalize", normalize), ("return_indices", return_indices)):
-        if not isinstance(value, bool):
-            raise TypeError(f"fgreid_ops.{_OP}: expected {name} to be a bool, got {type(value).__name__}")
 
 
 def batch_hard_triplet(
@@ -113,17 +64,15 @@ def batch_hard_triplet(
     Returns the loss in emb's dtype (scalar, or [B] for reduction="none"), or
     (loss, idx_p, idx_n) with return_indices=True.
     """
-    checks.check_tensor(_OP, "emb", emb)
+    checks.check_tensor(OP, "emb", emb)
     if (ref_emb is None) != (ref_labels is None):
-        raise ValueError(f"fgreid_ops.{_OP}: expected ref_emb and ref_labels to be given together")
+        raise ValueError(f"fgreid_ops.{OP}: expected ref_emb and ref_labels to be given together")
     self_ref = ref_emb is None
     b_emb, b_labels = (emb, labels) if self_ref else (ref_emb, ref_labels)
     check_mine_inputs(emb, labels, b_emb, b_labels, distance)
-    _check_loss_args(margin, reduction, normalize, return_indices)
-    if backend == "cuda":
-        raise ValueError(f"fgreid_ops.{_OP}: there is no CUDA C++ kernel; CUDA tensors use backend='triton' (or None)")
-    backend = _backend.resolve(_OP, emb.device.type, backend)
-    if backend == "reference":
+    check_loss_args(margin, reduction, normalize, return_indices)
+    backend = _backend.resolve(MINE, emb.device.type, backend)
+    if backend == "reference":  # the whole loss from the distance matrix, not a mining reference
         return batch_hard_triplet_reference(
             emb, labels, margin, ref_emb=ref_emb, ref_labels=ref_labels, distance=distance,
             normalize=normalize, reduction=reduction, return_indices=return_indices,
@@ -135,8 +84,7 @@ def batch_hard_triplet(
         compute = torch.float64 if emb.dtype == torch.float64 else torch.float32
         a = F.normalize(emb.to(compute), dim=1)
         b = a if self_ref else F.normalize(b_emb.to(compute), dim=1)
-    mine = torch.ops.fgreid.batch_hard_triplet_mine_triton if backend == "triton" else torch.ops.fgreid.batch_hard_triplet_mine
-    d_ap, d_an, idx_p, idx_n = mine(a, labels, b, b_labels, distance)
+    d_ap, d_an, idx_p, idx_n = _backend.kernel(MINE, backend)(a, labels, b, b_labels, distance)
     # d_ap = -inf / d_an = +inf for anchors without a positive / negative: their loss is 0
     loss = F.relu(d_ap - d_an + margin) if margin else F.softplus(d_ap - d_an)
     if reduction == "mean":
@@ -160,6 +108,7 @@ def _fake_mine(emb, labels, ref_emb, ref_labels, distance):
 
 
 def _fake_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance, need_ref_grad):
+    check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance, need_ref_grad)
     grad_ref = ref_emb.new_empty(ref_emb.shape if need_ref_grad else (0,))
     return emb.new_empty(emb.shape), grad_ref
 
@@ -187,4 +136,18 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"), _fake_mine, _fake_backward, _make_backward, _setup_context)
+MINE = _registry.register(_registry.OpDef(
+    name="batch_hard_triplet_mine", op="batch_hard_triplet", check=check_mine_inputs, fake=_fake_mine,
+    reference=None,
+    signature="(Tensor emb, Tensor labels, Tensor ref_emb, Tensor ref_labels, str distance)"
+              " -> (Tensor d_ap, Tensor d_an, Tensor idx_p, Tensor idx_n)",
+    # The GPU kernel is Triton; there is no CUDA C++ one.
+    cpp=("cpu",), triton="batch_hard_triplet",
+    backward=_registry.Backward(
+        fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
+        signature="(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb, Tensor ref_emb, Tensor idx_p, Tensor idx_n,"
+                  " Tensor d_ap, Tensor d_an, str distance, bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)",
+    ),
+))
+
+__all__ = ["batch_hard_triplet"]

@@ -22,18 +22,18 @@ are removed from every query's ranking and queries of that pid are skipped. With
 import warnings
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import _backend
+from .. import _backend, _registry
 from .. import _checks as checks
-from .._extension import has_extension
+from ..checks.evaluate import (
+    METRICS, as_tensor, check_count_inputs, check_distance_block, check_features, check_finalize_inputs,
+    check_ids_for, check_junk, check_matches_inputs, check_max_rank, check_memory_budget, check_op_inputs,
+)
 from ..reference.evaluate import distance_reference, per_query_reference, summarize
 
 _OP = "evaluate"
-_IDS = ("q_pids", "g_pids", "q_camids", "g_camids")
-METRICS = ("euclidean", "cosine")
 
 
 class EvaluationResult(NamedTuple):
@@ -60,96 +60,11 @@ class EvaluationResult(NamedTuple):
         return out
 
 
-# --- input checks ------------------------------------------------------------------------------
-
-def _as_tensor(value, device):
-    if isinstance(value, np.ndarray):
-        return torch.as_tensor(value, device=device)
-    return value
-
-
-def _check_ids(op, arg, t, n, size_name, ref_arg, ref, strict):
-    checks.check_tensor(op, arg, t)
-    if strict and t.dtype != torch.int64:
-        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be an int64 tensor, got {t.dtype}")
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be an integer tensor, got {t.dtype}")
-    if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} of shape [{size_name}]=[{n}], got {list(t.shape)}")
-    checks.check_same_device(op, arg, t, ref_arg, ref)
-
-
-def _check_distance_block(op, arg, d):
-    checks.check_tensor(op, arg, d)
-    checks.check_dim(op, arg, d, 2, "(num_query, num_gallery)")
-    checks.check_float_dtype(op, arg, d)
-    if d.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} to have at least one query, got shape {list(d.shape)}")
-    if d.shape[1] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} to have at least one gallery item, got shape {list(d.shape)}")
-    if d.shape[1] > 2**31 - 1:
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} to have at most 2^31-1 gallery columns, got {d.shape[1]}")
-
-
-def _check_junk(op, junk_pid):
-    if junk_pid is not None and (isinstance(junk_pid, bool) or not isinstance(junk_pid, int)):
-        raise TypeError(f"fgreid_ops.{op}: expected junk_pid to be an int or None, got {type(junk_pid).__name__}")
-
-
-def _check_max_rank(op, max_rank):
-    if isinstance(max_rank, bool) or not isinstance(max_rank, int):
-        raise TypeError(f"fgreid_ops.{op}: expected max_rank to be an int, got {type(max_rank).__name__}")
-    if max_rank < 1:
-        raise ValueError(f"fgreid_ops.{op}: expected max_rank >= 1, got {max_rank}")
-
-
-def _check_ids_for(op, Q, G, ids, ref_arg, ref, strict):
-    for arg, t in zip(_IDS, ids):
-        n, size_name = (Q, "Q") if arg.startswith("q") else (G, "G")
-        _check_ids(op, arg, t, n, size_name, ref_arg, ref, strict)
-
-
-def _check_op_inputs(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid, strict=True):
-    """The checks of the fgreid::evaluate op (C++: evaluate_checks.h), also run by its fake."""
-    _check_distance_block(_OP, "distmat", distmat)
-    _check_ids_for(_OP, distmat.shape[0], distmat.shape[1], (q_pids, g_pids, q_camids, g_camids),
-                   "distmat", distmat, strict)
-    _check_junk(_OP, junk_pid)
-
-
-def _check_lists(op, offsets, index, match_dist, counts, n):
-    _check_ids(op, "match_offsets", offsets, n + 1, "num_query + 1", "match_offsets", offsets, True)
-    checks.check_tensor(op, "match_index", index)
-    if index.dim() != 1:
-        raise ValueError(f"fgreid_ops.{op}: expected match_index to be 1-D, got {index.dim()}-D")
-    nnz = index.shape[0]
-    _check_ids(op, "match_index", index, nnz, "nnz", "match_offsets", offsets, True)
-    checks.check_float_dtype(op, "match_dist", match_dist)
-    if match_dist.dim() != 1 or match_dist.shape[0] != nnz:
-        raise ValueError(f"fgreid_ops.{op}: expected match_dist of shape [nnz]=[{nnz}], got {list(match_dist.shape)}")
-    _check_ids(op, "counts", counts, nnz, "nnz", "match_offsets", offsets, True)
-    checks.check_same_device(op, "match_dist", match_dist, "match_offsets", offsets)
-
-
-def _check_count_inputs(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts):
-    op = "evaluate_count"
-    _check_distance_block(op, "dist", dist)
-    _check_ids(op, "q_pids", q_pids, dist.shape[0], "Q", "dist", dist, True)
-    _check_ids(op, "g_pids", g_pids, dist.shape[1], "G", "dist", dist, True)
-    if g_start < 0:
-        raise ValueError(f"fgreid_ops.{op}: expected g_start >= 0, got {g_start}")
-    _check_lists(op, offsets, index, match_dist, counts, dist.shape[0])
-    if match_dist.dtype != dist.dtype:
-        raise TypeError(f"fgreid_ops.{op}: expected match_dist to have the dtype of dist ({dist.dtype}), got {match_dist.dtype}")
-    checks.check_same_device(op, "match_offsets", offsets, "dist", dist)
-    _check_junk(op, junk_pid)
-
-
 # --- public functions --------------------------------------------------------------------------
 
 def _prepare_ids(op, Q, G, ids, ref_arg, ref):
-    ids = tuple(_as_tensor(t, ref.device) for t in ids)
-    _check_ids_for(op, Q, G, ids, ref_arg, ref, strict=False)
+    ids = tuple(as_tensor(t, ref.device) for t in ids)
+    check_ids_for(op, Q, G, ids, ref_arg, ref, strict=False)
     return tuple(t.to(torch.int64) for t in ids)
 
 
@@ -176,20 +91,13 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
     input dtype: no float rounding), with memory O(Q + matches + threads * G); the CPU kernel
     never sorts a row. Works under torch.compile(fullgraph=True).
     """
-    distmat = _as_tensor(distmat, None)
-    _check_distance_block(_OP, "distmat", distmat)
+    distmat = as_tensor(distmat, None)
+    check_distance_block(_OP, "distmat", distmat)
     Q, G = distmat.shape
     ids = _prepare_ids(_OP, Q, G, (q_pids, g_pids, q_camids, g_camids), "distmat", distmat)
-    _check_max_rank(_OP, max_rank)
-    _check_junk(_OP, junk_pid)
-    backend = _backend.resolve(_OP, distmat.device.type, backend)
-    distmat = distmat.detach()
-    if backend == "reference":
-        per_query = per_query_reference(distmat, *ids, junk_pid)
-    elif backend == "triton":
-        per_query = torch.ops.fgreid.evaluate_triton(distmat, *ids, junk_pid)
-    else:
-        per_query = torch.ops.fgreid.evaluate(distmat, *ids, junk_pid)
+    check_max_rank(_OP, max_rank)
+    check_junk(_OP, junk_pid)
+    per_query = _backend.dispatch(EVALUATE, distmat.device.type, backend, distmat.detach(), *ids, junk_pid)
     return _result(*per_query, max_rank, return_per_query)
 
 
@@ -205,17 +113,6 @@ def _chunk_sizes(Q, G, D, memory_budget, itemsize):
     q_block = Q if (Q + D) * min_chunk <= elements else max(1, min(Q, elements // min_chunk - D))
     chunk = max(1, min(G, elements // (q_block + D)))
     return q_block, chunk
-
-
-def streaming_ops(backend, ids, junk_pid):
-    """(match_offsets, match_index, count op, finalize) of a streamed evaluation on `backend`."""
-    if backend == "triton":
-        from ..triton.evaluate import finalize_torch, matches_torch
-
-        offsets, index = matches_torch(*ids, junk_pid)
-        return offsets, index, torch.ops.fgreid.evaluate_count_triton, finalize_torch
-    offsets, index = torch.ops.fgreid.evaluate_matches(*ids, junk_pid)
-    return offsets, index, torch.ops.fgreid.evaluate_count, torch.ops.fgreid.evaluate_finalize
 
 
 def _progress(total, enabled):
@@ -292,34 +189,22 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         Other arguments as `evaluate`. Eager only (a Python loop over chunks).
     """
     op = "evaluate_features"
-    q_feats, g_feats = _as_tensor(q_feats, None), _as_tensor(g_feats, None)
-    for arg, t in (("q_feats", q_feats), ("g_feats", g_feats)):
-        checks.check_tensor(op, arg, t)
-        checks.check_dim(op, arg, t, 2, "(num, D)")
-        checks.check_float_dtype(op, arg, t)
-    checks.check_same_device(op, "g_feats", g_feats, "q_feats", q_feats)
-    if q_feats.shape[0] == 0 or g_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected at least one query and one gallery item, "
-                         f"got q_feats {list(q_feats.shape)} and g_feats {list(g_feats.shape)}")
-    if q_feats.shape[1] != g_feats.shape[1] or q_feats.shape[1] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected q_feats and g_feats with the same D > 0, "
-                         f"got {list(q_feats.shape)} and {list(g_feats.shape)}")
+    q_feats, g_feats = as_tensor(q_feats, None), as_tensor(g_feats, None)
+    check_features(op, q_feats, g_feats)
     Q, G, D = q_feats.shape[0], g_feats.shape[0], q_feats.shape[1]
     ids = _prepare_ids(op, Q, G, (q_pids, g_pids, q_camids, g_camids), "q_feats", q_feats)
-    _check_max_rank(op, max_rank)
-    _check_junk(op, junk_pid)
+    check_max_rank(op, max_rank)
+    check_junk(op, junk_pid)
     checks.check_choice(op, "metric", metric, METRICS)
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"fgreid_ops.{op}: expected memory_budget to be a positive int (bytes), got {memory_budget!r}")
+    check_memory_budget(op, memory_budget)
+    backend = _backend.resolve(EVALUATE, q_feats.device.type, backend)
     q_feats, g_feats = q_feats.detach(), g_feats.detach()
     if rerank is not None:
-        if metric != "euclidean":
-            raise ValueError(f"fgreid_ops.{op}: expected metric='euclidean' with rerank, got {metric!r}")
-        from .rerank import evaluate_reranked  # rerank.py builds on this module
+        from .rerank import evaluate_reranked  # it uses the evaluate kernels, not this module
 
-        return evaluate_reranked(q_feats, g_feats, ids, rerank, max_rank, memory_budget, progress,
-                                 return_per_query, junk_pid, backend)
-    backend = _backend.resolve(_OP, q_feats.device.type, backend)
+        per_query = evaluate_reranked(q_feats, g_feats, ids, rerank, metric, memory_budget, junk_pid, backend,
+                                      _progress(G, progress))
+        return _result(*per_query, max_rank, return_per_query)
     if backend == "reference":
         distmat = distance_reference(q_feats, g_feats, metric)
         return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
@@ -327,7 +212,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     q_pids, g_pids, q_camids, g_camids = ids
     compute = torch.float64 if torch.float64 in (q_feats.dtype, g_feats.dtype) else torch.float32
     dist = _Distances(q_feats, metric, compute)
-    offsets, index, count_op, finalize = streaming_ops(backend, ids, junk_pid)
+    offsets, index = _backend.kernel(MATCHES, backend)(*ids, junk_pid)
+    count_op, finalize = _backend.kernel(COUNT, backend), _backend.kernel(FINALIZE, backend)
 
     itemsize = torch.empty((), dtype=compute).element_size()
     q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, itemsize)
@@ -361,44 +247,49 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
 # --- fakes -------------------------------------------------------------------------------------
 
 def _fake_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid):
-    _check_op_inputs(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid)
+    check_op_inputs(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid)
     Q = distmat.shape[0]
     return q_pids.new_empty((Q,)), distmat.new_empty((Q,), dtype=torch.float64), distmat.new_empty((Q,), dtype=torch.float64)
 
 
 def _fake_matches(q_pids, g_pids, q_camids, g_camids, junk_pid):
-    op = "evaluate_matches"
-    for arg, t in (("q_pids", q_pids), ("g_pids", g_pids)):
-        checks.check_tensor(op, arg, t)
-        if t.dim() != 1 or t.shape[0] == 0:
-            raise ValueError(f"fgreid_ops.{op}: expected {arg} to be a non-empty 1-D tensor, got shape {list(t.shape)}")
-    _check_ids_for(op, q_pids.shape[0], g_pids.shape[0], (q_pids, g_pids, q_camids, g_camids), "q_pids", q_pids, True)
-    _check_junk(op, junk_pid)
+    check_matches_inputs(q_pids, g_pids, q_camids, g_camids, junk_pid)
     nnz = torch.library.get_ctx().new_dynamic_size()
     return q_pids.new_empty((q_pids.shape[0] + 1,)), q_pids.new_empty((nnz,))
 
 
 def _fake_count(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts):
-    _check_count_inputs(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts)
+    check_count_inputs(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts)
 
 
 def _fake_finalize(offsets, index, match_dist, counts):
-    op = "evaluate_finalize"
-    checks.check_tensor(op, "match_offsets", offsets)
-    if offsets.dim() != 1 or offsets.shape[0] < 2:
-        raise ValueError(f"fgreid_ops.{op}: expected match_offsets of shape [num_query + 1] with num_query >= 1, "
-                         f"got {list(offsets.shape)}")
-    _check_lists(op, offsets, index, match_dist, counts, offsets.shape[0] - 1)
+    check_finalize_inputs(offsets, index, match_dist, counts)
     Q = offsets.shape[0] - 1
     return offsets.new_empty((Q,)), match_dist.new_empty((Q,), dtype=torch.float64), match_dist.new_empty((Q,), dtype=torch.float64)
 
 
-if has_extension():
-    torch.library.register_fake("fgreid::evaluate")(_fake_evaluate)
-    torch.library.register_fake("fgreid::evaluate_triton")(_fake_evaluate)
-    torch.library.register_fake("fgreid::evaluate_matches")(_fake_matches)
-    torch.library.register_fake("fgreid::evaluate_count")(_fake_count)
-    torch.library.register_fake("fgreid::evaluate_count_triton")(_fake_count)
-    torch.library.register_fake("fgreid::evaluate_finalize")(_fake_finalize)
+# Rank evaluation has no CUDA C++ kernel: CUDA tensors use Triton. The streamed path
+# (evaluate_features) runs matches -> count per gallery chunk -> finalize on one backend.
+_IDS_SIGNATURE = "Tensor q_pids, Tensor g_pids, Tensor q_camids, Tensor g_camids, int? junk_pid"
+_PER_QUERY = "(Tensor first_hit, Tensor ap, Tensor inp)"
+EVALUATE = _registry.register(_registry.OpDef(
+    name="evaluate", op="evaluate", check=check_op_inputs, fake=_fake_evaluate, reference=per_query_reference,
+    signature=f"(Tensor distmat, {_IDS_SIGNATURE}) -> {_PER_QUERY}", cpp=("cpu",), triton="evaluate",
+))
+MATCHES = _registry.register(_registry.OpDef(
+    name="evaluate_matches", op="evaluate", check=check_matches_inputs, fake=_fake_matches, reference=None,
+    signature=f"({_IDS_SIGNATURE}) -> (Tensor match_offsets, Tensor match_index)", cpp=("cpu",), triton="evaluate",
+))
+COUNT = _registry.register(_registry.OpDef(
+    name="evaluate_count", op="evaluate", check=check_count_inputs, fake=_fake_count, reference=None,
+    signature="(Tensor dist, Tensor q_pids, Tensor g_pids, int g_start, Tensor match_offsets, Tensor match_index,"
+              " Tensor match_dist, int? junk_pid, Tensor(a!) counts) -> ()",
+    cpp=("cpu",), triton="evaluate",
+))
+FINALIZE = _registry.register(_registry.OpDef(
+    name="evaluate_finalize", op="evaluate", check=check_finalize_inputs, fake=_fake_finalize, reference=None,
+    signature=f"(Tensor match_offsets, Tensor match_index, Tensor match_dist, Tensor counts) -> {_PER_QUERY}",
+    cpp=("cpu",), triton="evaluate",
+))
 
-__all__ = ["EvaluationResult", "evaluate", "evaluate_features", "METRICS"]
+__all__ = ["EvaluationResult", "evaluate", "evaluate_features"]

@@ -2,26 +2,10 @@
 
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from ._register import register_with_backward
+from .. import _backend, _registry
+from .._checks import is_channels_last
+from ..checks.gem import check_inputs
 from ..reference.gem import gem_reference
-
-_OP = "gem"
-
-
-def _check_inputs(x, p, eps):
-    checks.check_tensor(_OP, "x", x)
-    checks.check_tensor(_OP, "p", p)
-    checks.check_dim(_OP, "x", x, 4, "(N, C, H, W)")
-    checks.check_float_dtype(_OP, "x", x)
-    checks.check_float_dtype(_OP, "p", p)
-    checks.check_same_device(_OP, "p", p, "x", x)
-    checks.check_nonempty_batch(_OP, "x", x)
-    checks.check_nonempty(_OP, "x", x)
-    if not (p.dim() == 1 and (p.shape[0] == 1 or p.shape[0] == x.shape[1])):
-        raise ValueError(f"fgreid_ops.gem: expected p of shape [1] or [C]=[{x.shape[1]}], got {list(p.shape)}")
-    checks.check_positive(_OP, "eps", eps)
 
 
 def gem(x: torch.Tensor, p, eps: float = 1e-6, *, backend: str | None = None) -> torch.Tensor:
@@ -41,22 +25,17 @@ def gem(x: torch.Tensor, p, eps: float = 1e-6, *, backend: str | None = None) ->
     """
     if isinstance(p, (int, float)):
         p = torch.tensor([float(p)], device=getattr(x, "device", None))
-    _check_inputs(x, p, eps)
-    backend = _backend.resolve(_OP, x.device.type, backend)
-    if backend == "reference":
-        return gem_reference(x, p, eps)
-    if backend == "triton":
-        return torch.ops.fgreid.gem_triton(x, p, eps)
-    return torch.ops.fgreid.gem(x, p, eps)
+    check_inputs(x, p, eps)
+    return _backend.dispatch(GEM, x.device.type, backend, x, p, eps)
 
 
 def _fake_forward(x, p, eps):
-    _check_inputs(x, p, eps)
+    check_inputs(x, p, eps)
     return x.new_empty((x.shape[0], x.shape[1]))
 
 
 def _fake_backward(grad_out, x, p, eps, need_grad_p):
-    layout = torch.channels_last if checks.is_channels_last(x) else torch.contiguous_format
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     grad_p_rows = x.new_empty((x.shape[0], x.shape[1]) if need_grad_p else (0,), dtype=acc)
@@ -83,4 +62,16 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("gem", "gem_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
+GEM = _registry.register(_registry.OpDef(
+    name="gem", op="gem", check=check_inputs, fake=_fake_forward, reference=gem_reference,
+    signature="(Tensor x, Tensor p, float eps) -> Tensor",
+    cpp=("cpu", "cuda"), triton="gem",
+    backward=_registry.Backward(
+        fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
+        signature="(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
+                  " -> (Tensor grad_x, Tensor grad_p_rows)",
+    ),
+    onnx="gem_onnx",
+))
+
+__all__ = ["gem"]

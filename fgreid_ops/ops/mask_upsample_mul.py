@@ -2,35 +2,9 @@
 
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from .._extension import has_extension
-from ..reference.mask_upsample_mul import MODES, mask_upsample_mul_reference
-
-_OP = "mask_upsample_mul"
-
-
-def _check_inputs(feat, mask, mode):
-    checks.check_tensor(_OP, "feat", feat)
-    checks.check_tensor(_OP, "mask", mask)
-    checks.check_choice(_OP, "mode", mode, MODES)
-    checks.check_dim(_OP, "feat", feat, 4, "(N, C, H, W)")
-    checks.check_dim(_OP, "mask", mask, 4, "(N, 1 or C, h, w)")
-    checks.check_float_dtype(_OP, "feat", feat)
-    if mask.dtype != feat.dtype:
-        raise TypeError(
-            f"fgreid_ops.{_OP}: expected mask to have the same dtype as feat ({feat.dtype}), got {mask.dtype}"
-        )
-    checks.check_same_device(_OP, "mask", mask, "feat", feat)
-    checks.check_nonempty_batch(_OP, "feat", feat)
-    checks.check_nonempty(_OP, "feat", feat)
-    N, C = feat.shape[:2]
-    if not (mask.shape[0] == N and (mask.shape[1] == 1 or mask.shape[1] == C)):
-        raise ValueError(
-            f"fgreid_ops.{_OP}: expected mask of shape [N, 1, h, w] or [N, C, h, w] with N={N}, C={C}, "
-            f"got {list(mask.shape)}"
-        )
-    checks.check_nonempty(_OP, "mask", mask)
+from .. import _backend, _registry
+from ..checks.mask_upsample_mul import check_inputs
+from ..reference.mask_upsample_mul import mask_upsample_mul_reference
 
 
 def mask_upsample_mul(feat: torch.Tensor, mask: torch.Tensor, mode: str = "bilinear", pool: bool = False, *,
@@ -59,22 +33,17 @@ def mask_upsample_mul(feat: torch.Tensor, mask: torch.Tensor, mode: str = "bilin
     too). Gradients flow to feat and mask; the mask gradient is the adjoint of the resize, summed
     over channels (for a shared mask), then x, then y in a fixed order: deterministic, no atomics.
     """
-    _check_inputs(feat, mask, mode)
-    backend = _backend.resolve(_OP, feat.device.type, backend)
-    if backend == "reference":
-        return mask_upsample_mul_reference(feat, mask, mode, pool)
-    if backend == "triton":
-        raise ValueError(f"fgreid_ops.{_OP}: has no Triton kernel; use backend 'cuda' on GPU tensors")
-    return torch.ops.fgreid.mask_upsample_mul(feat, mask, mode, pool)
+    check_inputs(feat, mask, mode)
+    return _backend.dispatch(MASK_UPSAMPLE_MUL, feat.device.type, backend, feat, mask, mode, pool)
 
 
 def _fake_forward(feat, mask, mode, pool):
-    _check_inputs(feat, mask, mode)
+    check_inputs(feat, mask, mode)
     return feat.new_empty(tuple(feat.shape[:2]) if pool else tuple(feat.shape))
 
 
 def _fake_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask):
-    _check_inputs(feat, mask, mode)
+    check_inputs(feat, mask, mode)
     grad_feat = feat.new_empty(tuple(feat.shape) if need_grad_feat else (0,))
     grad_mask = mask.new_empty(tuple(mask.shape) if need_grad_mask else (0,))
     return grad_feat, grad_mask
@@ -86,16 +55,27 @@ def _setup_context(ctx, inputs, output):
     ctx.mode, ctx.pool = mode, pool
 
 
-def _backward(ctx, grad_out):
-    feat, mask = ctx.saved_tensors
-    need_feat, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    grad_feat, grad_mask = torch.ops.fgreid.mask_upsample_mul_backward(
-        grad_out, feat, mask, ctx.mode, ctx.pool, need_feat, need_mask
-    )
-    return (grad_feat if need_feat else None), (grad_mask if need_mask else None), None, None
+def _make_backward(backward_op):
+    def backward(ctx, grad_out):
+        feat, mask = ctx.saved_tensors
+        need_feat, need_mask = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_feat, grad_mask = backward_op(grad_out, feat, mask, ctx.mode, ctx.pool, need_feat, need_mask)
+        return (grad_feat if need_feat else None), (grad_mask if need_mask else None), None, None
+
+    return backward
 
 
-if has_extension():
-    torch.library.register_fake(f"fgreid::{_OP}")(_fake_forward)
-    torch.library.register_fake(f"fgreid::{_OP}_backward")(_fake_backward)
-    torch.library.register_autograd(f"fgreid::{_OP}", _backward, setup_context=_setup_context)
+MASK_UPSAMPLE_MUL = _registry.register(_registry.OpDef(
+    name="mask_upsample_mul", op="mask_upsample_mul", check=check_inputs, fake=_fake_forward,
+    reference=mask_upsample_mul_reference,
+    signature="(Tensor feat, Tensor mask, str mode, bool pool) -> Tensor",
+    cpp=("cpu", "cuda"),
+    backward=_registry.Backward(
+        fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
+        signature="(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool, bool need_grad_feat,"
+                  " bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)",
+    ),
+    onnx="mask_upsample_mul_onnx",
+))
+
+__all__ = ["mask_upsample_mul"]

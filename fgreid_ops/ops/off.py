@@ -2,40 +2,9 @@
 
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from .._extension import has_extension
+from .. import _backend, _registry
+from ..checks.off import check_backward_grad, check_pair, check_segment, check_stride
 from ..reference.off import off_reference
-
-_OP = "off"
-
-
-def _check_frames(arg, t):
-    checks.check_tensor(_OP, arg, t)
-    if t.dim() < 3:
-        raise ValueError(f"fgreid_ops.off: expected {arg} to be at least 3-D (..., C, H, W), got {t.dim()}-D")
-    checks.check_float_dtype(_OP, arg, t)
-    checks.check_nonempty(_OP, arg, t)
-
-
-def _check_pair(a, b):
-    _check_frames("a", a)
-    checks.check_tensor(_OP, "b", b)
-    checks.check_float_dtype(_OP, "b", b)
-    checks.check_same_device(_OP, "b", b, "a", a)
-    if b.dtype != a.dtype:
-        raise TypeError(f"fgreid_ops.off: expected b to have the same dtype as a ({a.dtype}), got {b.dtype}")
-    if b.shape != a.shape:
-        raise ValueError(f"fgreid_ops.off: expected b to have the same shape as a ({list(a.shape)}), got {list(b.shape)}")
-
-
-def _check_segment(x, stride):
-    checks.check_tensor(_OP, "x", x)
-    checks.check_dim(_OP, "x", x, 5, "(N, T, C, H, W)")
-    checks.check_float_dtype(_OP, "x", x)
-    checks.check_nonempty(_OP, "x", x)
-    if not (1 <= stride < x.shape[1]):
-        raise ValueError(f"fgreid_ops.off: expected stride in [1, T-1] for T={x.shape[1]}, got {stride}")
 
 
 def off(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int | None = None,
@@ -66,40 +35,27 @@ def off(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int | None = 
     if b is None:
         if stride is None:
             raise ValueError("fgreid_ops.off: expected b or stride=d, got neither")
-        if isinstance(stride, bool) or not isinstance(stride, (int, torch.SymInt)):
-            raise TypeError(f"fgreid_ops.off: expected stride to be an int, got {type(stride).__name__}")
-        _check_segment(a, stride)
-    else:
-        if stride is not None:
-            raise ValueError("fgreid_ops.off: expected either b or stride, got both")
-        _check_pair(a, b)
-    backend = _backend.resolve(_OP, a.device.type, backend)
-    if backend == "triton":
-        raise RuntimeError(
-            "fgreid_ops.off: no Triton kernel for this op; build the extension with CUDA "
-            "or use backend='reference'"
-        )
-    if backend == "reference":
-        return off_reference(a, b, stride=stride)
-    if b is None:
-        return torch.ops.fgreid.off_segment(a, stride)
-    return torch.ops.fgreid.off(a, b)
+        check_stride(stride)
+        check_segment(a, stride)
+        return _backend.dispatch(OFF_SEGMENT, a.device.type, backend, a, stride)
+    if stride is not None:
+        raise ValueError("fgreid_ops.off: expected either b or stride, got both")
+    check_pair(a, b)
+    return _backend.dispatch(OFF, a.device.type, backend, a, b)
 
 
 def _fake_off(a, b):
-    _check_pair(a, b)
+    check_pair(a, b)
     return a.new_empty((*a.shape[:-3], 3 * a.shape[-3], *a.shape[-2:]))
 
 
 def _fake_off_backward(grad_out):
-    _check_frames("grad_out", grad_out)
-    if grad_out.shape[-3] % 3 != 0:
-        raise ValueError(f"fgreid_ops.off: expected grad_out to have 3C channels, got {grad_out.shape[-3]}")
+    check_backward_grad(grad_out)
     return grad_out.new_empty((*grad_out.shape[:-3], grad_out.shape[-3] // 3, *grad_out.shape[-2:]))
 
 
 def _fake_off_segment(x, stride):
-    _check_segment(x, stride)
+    check_segment(x, stride)
     N, T, C, H, W = x.shape
     return x.new_empty((N, T - stride, 3 * C, H, W))
 
@@ -113,39 +69,68 @@ def _setup_off(ctx, inputs, output):
     ctx.channels = inputs[0].shape[-3]
 
 
-def _backward_off(ctx, grad_out):
-    grad_a = torch.ops.fgreid.off_backward(grad_out) if ctx.needs_input_grad[0] else None
-    grad_b = grad_out.narrow(-3, 2 * ctx.channels, ctx.channels) if ctx.needs_input_grad[1] else None
-    return grad_a, grad_b
+def _make_backward_off(backward_op):
+    def backward(ctx, grad_out):
+        grad_a = backward_op(grad_out) if ctx.needs_input_grad[0] else None
+        grad_b = grad_out.narrow(-3, 2 * ctx.channels, ctx.channels) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+    return backward
 
 
 def _setup_segment(ctx, inputs, output):
     ctx.stride = inputs[1]
 
 
-def _backward_segment(ctx, grad_out):
-    return torch.ops.fgreid.off_segment_backward(grad_out, ctx.stride), None
+def _make_backward_segment(backward_op):
+    def backward(ctx, grad_out):
+        return backward_op(grad_out, ctx.stride), None
+
+    return backward
 
 
 # off and off_segment are linear, so each backward op is the adjoint of a linear map and its own
 # backward is the forward map again: (a -> grad_a)ᵀ is h -> off(h, 0), (x -> grad_x)ᵀ is
 # off_segment. This gives double backward (e.g. gradient penalties) for free.
-def _backward_off_backward(ctx, grad):
-    return torch.ops.fgreid.off(grad, torch.zeros_like(grad))
+def _make_backward_off_backward(forward_op):
+    def backward(ctx, grad):
+        return forward_op(grad, torch.zeros_like(grad))
+
+    return backward
 
 
-def _backward_segment_backward(ctx, grad):
-    return torch.ops.fgreid.off_segment(grad, ctx.stride), None
+def _make_backward_segment_backward(forward_op):
+    def backward(ctx, grad):
+        return forward_op(grad, ctx.stride), None
+
+    return backward
 
 
-if has_extension():
-    torch.library.register_fake("fgreid::off")(_fake_off)
-    torch.library.register_fake("fgreid::off_backward")(_fake_off_backward)
-    torch.library.register_fake("fgreid::off_segment")(_fake_off_segment)
-    torch.library.register_fake("fgreid::off_segment_backward")(_fake_off_segment_backward)
-    torch.library.register_autograd("fgreid::off", _backward_off, setup_context=_setup_off)
-    torch.library.register_autograd("fgreid::off_segment", _backward_segment, setup_context=_setup_segment)
-    torch.library.register_autograd("fgreid::off_backward", _backward_off_backward)
-    torch.library.register_autograd(
-        "fgreid::off_segment_backward", _backward_segment_backward, setup_context=_setup_segment
-    )
+def _off_segment_reference(x, stride):
+    return off_reference(x, stride=stride)
+
+
+OFF = _registry.register(_registry.OpDef(
+    name="off", op="off", check=check_pair, fake=_fake_off, reference=off_reference,
+    signature="(Tensor a, Tensor b) -> Tensor",
+    cpp=("cpu", "cuda"),
+    backward=_registry.Backward(
+        fake=_fake_off_backward, setup_context=_setup_off, make=_make_backward_off,
+        signature="(Tensor grad_out) -> Tensor", double=_make_backward_off_backward,
+    ),
+    onnx="off_onnx",
+))
+
+OFF_SEGMENT = _registry.register(_registry.OpDef(
+    name="off_segment", op="off", check=check_segment, fake=_fake_off_segment, reference=_off_segment_reference,
+    signature="(Tensor x, int stride) -> Tensor",
+    cpp=("cpu", "cuda"),
+    backward=_registry.Backward(
+        fake=_fake_off_segment_backward, setup_context=_setup_segment, make=_make_backward_segment,
+        signature="(Tensor grad_out, int stride) -> Tensor", double=_make_backward_segment_backward,
+        double_setup_context=_setup_segment,
+    ),
+    onnx="off_segment_onnx",
+))
+
+__all__ = ["off"]

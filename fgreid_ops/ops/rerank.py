@@ -33,92 +33,26 @@ Choices where the common code is silent or differs:
 
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from .._extension import has_extension
+from .. import _backend, _registry
+from ..checks.evaluate import check_memory_budget
+from ..checks.rerank import (
+    OP, check_blend_inputs, check_features, check_knn_inputs, check_neighbours_inputs, check_params, rerank_params,
+)
+from ..reference.evaluate import per_query_reference
 from ..reference.rerank import rerank_reference
-from .evaluate import _chunk_sizes, _progress, _result, streaming_ops
 
-_OP = "rerank"
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
-PARAMS = ("k1", "k2", "lambda_value")
+_MIN_CHUNK = 1024
 
 
-# --- input checks ------------------------------------------------------------------------------
-
-def _check_int(op, arg, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} >= {minimum}, got {value}")
-
-
-def check_params(op, k1, k2, lambda_value):
-    _check_int(op, "k1", k1, 1)
-    _check_int(op, "k2", k2, 1)
-    if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float)):
-        raise TypeError(f"fgreid_ops.{op}: expected lambda_value to be a float, got {type(lambda_value).__name__}")
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"fgreid_ops.{op}: expected 0 <= lambda_value <= 1, got {lambda_value}")
-
-
-def check_features(op, q_feats, g_feats):
-    for arg, t in (("q_feats", q_feats), ("g_feats", g_feats)):
-        checks.check_tensor(op, arg, t)
-        checks.check_dim(op, arg, t, 2, "(num, D)")
-        checks.check_float_dtype(op, arg, t)
-    checks.check_same_device(op, "g_feats", g_feats, "q_feats", q_feats)
-    if q_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected q_feats to have at least one query, got shape {list(q_feats.shape)}")
-    if g_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected g_feats to have at least one gallery item, "
-                         f"got shape {list(g_feats.shape)}")
-    if q_feats.shape[1] != g_feats.shape[1] or q_feats.shape[1] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected q_feats and g_feats with the same D > 0, "
-                         f"got {list(q_feats.shape)} and {list(g_feats.shape)}")
-    if q_feats.shape[0] + g_feats.shape[0] > 2**31 - 1:
-        raise ValueError(f"fgreid_ops.{op}: expected at most 2^31-1 rows in q_feats and g_feats together, "
-                         f"got {q_feats.shape[0] + g_feats.shape[0]}")
-
-
-def check_memory_budget(op, memory_budget):
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
-        raise ValueError(f"fgreid_ops.{op}: expected memory_budget to be a positive int (bytes), got {memory_budget!r}")
-
-
-def check_knn_inputs(op, feats, sqnorms, k):
-    """The checks of fgreid::rerank_knn (C++ csrc/cpu/rerank.cpp), also run by its fakes."""
-    checks.check_tensor(op, "feats", feats)
-    checks.check_dim(op, "feats", feats, 2, "(N, D)")
-    if feats.dtype != torch.float32:
-        raise TypeError(f"fgreid_ops.{op}: expected feats to be float32, got {feats.dtype}")
-    if feats.shape[0] == 0 or feats.shape[1] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected feats to be non-empty, got shape {list(feats.shape)}")
-    N = feats.shape[0]
-    checks.check_tensor(op, "sqnorms", sqnorms)
-    if sqnorms.dtype != torch.float32:
-        raise TypeError(f"fgreid_ops.{op}: expected sqnorms to be float32, got {sqnorms.dtype}")
-    if sqnorms.dim() != 1 or sqnorms.shape[0] != N:
-        raise ValueError(f"fgreid_ops.{op}: expected sqnorms of shape [N]=[{N}], got {list(sqnorms.shape)}")
-    checks.check_same_device(op, "sqnorms", sqnorms, "feats", feats)
-    if not 1 <= k <= N:
-        raise ValueError(f"fgreid_ops.{op}: expected 1 <= k <= N ({N}), got {k}")
-
-
-def rerank_params(op, params):
-    """(k1, k2, lambda_value) from evaluate_features' rerank= argument: a dict with any of
-    k1, k2, lambda_value (the defaults of `rerank` for the others), or True for all defaults."""
-    if params is True:
-        params = {}
-    if not isinstance(params, dict):
-        raise TypeError(f"fgreid_ops.{op}: expected rerank to be a dict with keys among {list(PARAMS)}, "
-                        f"True or None, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(PARAMS))
-    if unknown:
-        raise ValueError(f"fgreid_ops.{op}: expected rerank keys among {list(PARAMS)}, got {unknown}")
-    k1, k2, lambda_value = params.get("k1", 20), params.get("k2", 6), params.get("lambda_value", 0.3)
-    check_params(op, k1, k2, lambda_value)
-    return k1, k2, lambda_value
+def tile_sizes(num_query, num_gallery, memory_budget):
+    """(query block, gallery chunk) of the result tiles: block * chunk float32 within
+    memory_budget bytes, queries blocked only when all of them would leave chunks under
+    _MIN_CHUNK columns (a GEMM that narrow runs slowly). Gallery rows are views: no copy."""
+    elements = max(1, memory_budget // 4)
+    min_chunk = min(num_gallery, _MIN_CHUNK)
+    q_block = num_query if num_query * min_chunk <= elements else max(1, elements // min_chunk)
+    return q_block, max(1, min(num_gallery, elements // q_block))
 
 
 # --- the three stages --------------------------------------------------------------------------
@@ -160,11 +94,11 @@ class Reranker:
         self.x, self.num_query, self.lambda_value = x, q_feats.shape[0], float(lambda_value)
         self.sq = (x * x).sum(1)
         k = min(x.shape[0], max(k1 + 1, k2))
-        if backend == "triton":
-            index, self.row_max = torch.ops.fgreid.rerank_knn_triton(x, self.sq, k)
+        index, self.row_max = _backend.kernel(KNN, backend)(x, self.sq, k)
+        neighbours = _backend.kernel(NEIGHBOURS, "cpu")
+        if backend == "triton":  # the sparse stage runs on CPU copies of the O(N (k1 + k2)) lists
             cpu = torch.device("cpu")
-            sparse = torch.ops.fgreid.rerank_neighbours(x.to(cpu), self.sq.to(cpu), index.to(cpu),
-                                                        self.row_max.to(cpu), k1, k2)
+            sparse = neighbours(x.to(cpu), self.sq.to(cpu), index.to(cpu), self.row_max.to(cpu), k1, k2)
             self.sparse = tuple(t.to(x.device) for t in sparse)
             inv_offsets, inv_rows = self.sparse[3], self.sparse[4]
             n = x.shape[0]
@@ -172,8 +106,7 @@ class Reranker:
                                                output_size=inv_rows.shape[0])
             self._inv_key = inv_cols * n + inv_rows
         else:
-            index, self.row_max = torch.ops.fgreid.rerank_knn(x, self.sq, k)
-            self.sparse = torch.ops.fgreid.rerank_neighbours(x, self.sq, index, self.row_max, k1, k2)
+            self.sparse = neighbours(x, self.sq, index, self.row_max, k1, k2)
             self._inv_key = None
 
     def tile(self, q_lo, q_hi, g_lo, g_hi, buffer):
@@ -183,49 +116,28 @@ class Reranker:
         torch.mm(self.x[q_lo:q_hi], self.x[Q + g_lo:Q + g_hi].T, out=out)
         args = (self.sq[q_lo:q_hi], self.sq[Q + g_lo:Q + g_hi], self.row_max[q_lo:q_hi])
         if self._inv_key is None:
-            torch.ops.fgreid.rerank_blend_(out, *args, *self.sparse, q_lo, Q + g_lo, self.lambda_value)
+            _backend.kernel(BLEND, "cpu")(out, *args, *self.sparse, q_lo, Q + g_lo, self.lambda_value)
         else:
             blend_torch(out, *args, self.sparse, self._inv_key, q_lo, Q + g_lo, self.lambda_value)
         return out
 
-    def tiles(self, memory_budget, progress=False):
+    def tiles(self, memory_budget, bar=None):
         """(q_lo, q_hi, g_lo, g_hi, tile) over the whole result, gallery chunks outer; the
-        blocking depends only on (Q, G, D, memory_budget), so two walks give identical tiles."""
-        Q, G, D = self.num_query, self.x.shape[0] - self.num_query, self.x.shape[1]
-        q_block, chunk = _chunk_sizes(Q, G, D, memory_budget, 4)
+        blocking depends only on (Q, G, memory_budget), so two walks give identical tiles.
+        bar: a progress bar updated per gallery chunk, or None."""
+        Q, G = self.num_query, self.x.shape[0] - self.num_query
+        q_block, chunk = tile_sizes(Q, G, memory_budget)
         buffer = torch.empty(q_block * chunk, dtype=torch.float32, device=self.x.device)
-        bar = _progress(G, progress)
-        try:
-            for g_lo in range(0, G, chunk):
-                g_hi = min(G, g_lo + chunk)
-                for q_lo in range(0, Q, q_block):
-                    q_hi = min(Q, q_lo + q_block)
-                    yield q_lo, q_hi, g_lo, g_hi, self.tile(q_lo, q_hi, g_lo, g_hi, buffer)
-                if bar is not None:
-                    bar.update(g_hi - g_lo)
-        finally:
+        for g_lo in range(0, G, chunk):
+            g_hi = min(G, g_lo + chunk)
+            for q_lo in range(0, Q, q_block):
+                q_hi = min(Q, q_lo + q_block)
+                yield q_lo, q_hi, g_lo, g_hi, self.tile(q_lo, q_hi, g_lo, g_hi, buffer)
             if bar is not None:
-                bar.close()
+                bar.update(g_hi - g_lo)
 
 
 # --- public functions --------------------------------------------------------------------------
-
-@torch.library.custom_op("fgreid::rerank", mutates_args=())
-def _rerank_op(q_feats: torch.Tensor, g_feats: torch.Tensor, k1: int, k2: int, lambda_value: float,
-               memory_budget: int, backend: str) -> torch.Tensor:
-    reranker = Reranker(q_feats, g_feats, k1, k2, lambda_value, backend)
-    out = torch.empty(q_feats.shape[0], g_feats.shape[0], dtype=torch.float32, device=q_feats.device)
-    for q_lo, q_hi, g_lo, g_hi, tile in reranker.tiles(memory_budget):
-        out[q_lo:q_hi, g_lo:g_hi] = tile
-    return out
-
-
-@_rerank_op.register_fake
-def _(q_feats, g_feats, k1, k2, lambda_value, memory_budget, backend):
-    check_features(_OP, q_feats, g_feats)
-    check_params(_OP, k1, k2, lambda_value)
-    return q_feats.new_empty((q_feats.shape[0], g_feats.shape[0]), dtype=torch.float32)
-
 
 def rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,
            memory_budget: int = DEFAULT_MEMORY_BUDGET, backend: str | None = None) -> torch.Tensor:
@@ -244,79 +156,96 @@ def rerank(q_feats, g_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.
     module's docstring. `evaluate_features(..., rerank={...})` streams the same tiles into the
     ranking instead of storing them: with the same memory_budget its result equals
     `evaluate(rerank(...), ...)` exactly. Differences from rerank_reference are float32
-    rounding (<= 1e-5 on clustered features). Works under torch.compile(fullgraph=True) (one
-    opaque op).
+    rounding (<= 1e-5 on clustered features). Traces under torch.compile(fullgraph=True) (the
+    Python loop over tiles unrolls; the sparse stage's size is data-dependent).
     """
-    check_features(_OP, q_feats, g_feats)
-    check_params(_OP, k1, k2, lambda_value)
-    check_memory_budget(_OP, memory_budget)
-    backend = _backend.resolve(_OP, q_feats.device.type, backend)
+    check_features(OP, q_feats, g_feats)
+    check_params(OP, k1, k2, lambda_value)
+    check_memory_budget(OP, memory_budget)
+    backend = _backend.resolve(KNN, q_feats.device.type, backend)
     if backend == "reference":
         return rerank_reference(q_feats, g_feats, k1, k2, lambda_value)
-    return _rerank_op(q_feats.detach(), g_feats.detach(), k1, k2, float(lambda_value), memory_budget, backend)
-
-
-def evaluate_reranked(q_feats, g_feats, ids, params, max_rank, memory_budget, progress, return_per_query,
-                      junk_pid, backend):
-    """evaluate_features(..., rerank=params) after its input checks: the re-ranked tiles are
-    walked twice (first for the matches' own distances, then counting the items ranked before
-    each), so that no [Q, G] matrix is stored. See `rerank` and evaluate_features."""
-    op = "evaluate_features"
-    k1, k2, lambda_value = rerank_params(op, params)
-    rerank_backend = _backend.resolve(_OP, q_feats.device.type, backend)
-    if rerank_backend == "reference":
-        from ..reference.evaluate import per_query_reference
-
-        distmat = rerank_reference(q_feats, g_feats, k1, k2, lambda_value)
-        return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
-
-    q_pids, g_pids, _, _ = ids
-    offsets, index, count_op, finalize = streaming_ops(rerank_backend, ids, junk_pid)
-
-    reranker = Reranker(q_feats, g_feats, k1, k2, lambda_value, rerank_backend)
-    Q, nnz, device = q_feats.shape[0], index.shape[0], q_feats.device
-    match_query = torch.repeat_interleave(torch.arange(Q, device=device), offsets.diff(), output_size=nnz)
-    match_dist = torch.empty(nnz, dtype=torch.float32, device=device)
+    reranker = Reranker(q_feats, g_feats, k1, k2, lambda_value, backend)
+    out = torch.empty(q_feats.shape[0], g_feats.shape[0], dtype=torch.float32, device=q_feats.device)
     for q_lo, q_hi, g_lo, g_hi, tile in reranker.tiles(memory_budget):
-        lo, hi = (int(t) for t in offsets[[q_lo, q_hi]].tolist())
-        g_index = index[lo:hi]
-        inside = (g_index >= g_lo) & (g_index < g_hi)
-        slots = torch.nonzero(inside).squeeze(1) + lo
-        match_dist[slots] = tile[match_query[slots] - q_lo, index[slots] - g_lo]
-    counts = torch.zeros(nnz, dtype=torch.int64, device=device)
-    for q_lo, q_hi, g_lo, g_hi, tile in reranker.tiles(memory_budget, progress):
-        count_op(tile, q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo, offsets[q_lo:q_hi + 1], index, match_dist,
-                 junk_pid, counts)
-    return _result(*finalize(offsets, index, match_dist, counts), max_rank, return_per_query)
+        out[q_lo:q_hi, g_lo:g_hi] = tile
+    return out
 
 
-# --- fakes -------------------------------------------------------------------------------------
+def evaluate_reranked(q_feats, g_feats, ids, params, metric, memory_budget, junk_pid, backend, bar=None):
+    """(first_hit, ap, inp) per query of evaluate_features(..., rerank=params), after its input
+    checks (backend: the one it resolved). The re-ranked tiles are walked twice, first for the
+    matches' own distances, then counting the items ranked before each: no [Q, G] matrix is
+    stored. bar: a progress bar over the second walk (closed here), or None."""
+    op = "evaluate_features"
+    try:
+        k1, k2, lambda_value = rerank_params(op, params)
+        if metric != "euclidean":
+            raise ValueError(f"fgreid_ops.{op}: expected metric='euclidean' with rerank, got {metric!r}")
+        rerank_backend = _backend.resolve(KNN, q_feats.device.type, backend)
+        if rerank_backend == "reference":
+            return per_query_reference(rerank_reference(q_feats, g_feats, k1, k2, lambda_value), *ids, junk_pid)
+
+        q_pids, g_pids, _, _ = ids
+        offsets, index = _backend.kernel("evaluate_matches", backend)(*ids, junk_pid)
+        count_op, finalize = _backend.kernel("evaluate_count", backend), _backend.kernel("evaluate_finalize", backend)
+        reranker = Reranker(q_feats, g_feats, k1, k2, lambda_value, rerank_backend)
+        Q, nnz, device = q_feats.shape[0], index.shape[0], q_feats.device
+        match_query = torch.repeat_interleave(torch.arange(Q, device=device), offsets.diff(), output_size=nnz)
+        match_dist = torch.empty(nnz, dtype=torch.float32, device=device)
+        for q_lo, q_hi, g_lo, g_hi, tile in reranker.tiles(memory_budget):
+            lo, hi = (int(t) for t in offsets[[q_lo, q_hi]].tolist())
+            g_index = index[lo:hi]
+            slots = torch.nonzero((g_index >= g_lo) & (g_index < g_hi)).squeeze(1) + lo
+            match_dist[slots] = tile[match_query[slots] - q_lo, index[slots] - g_lo]
+        counts = torch.zeros(nnz, dtype=torch.int64, device=device)
+        for q_lo, q_hi, g_lo, g_hi, tile in reranker.tiles(memory_budget, bar):
+            count_op(tile, q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo, offsets[q_lo:q_hi + 1], index, match_dist,
+                     junk_pid, counts)
+        return finalize(offsets, index, match_dist, counts)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# --- fakes and descriptions --------------------------------------------------------------------
 
 def _fake_knn(feats, sqnorms, k):
-    check_knn_inputs("rerank_knn", feats, sqnorms, k)
+    check_knn_inputs(feats, sqnorms, k)
     return feats.new_empty((feats.shape[0], k), dtype=torch.int64), feats.new_empty((feats.shape[0],))
 
 
 def _fake_neighbours(feats, sqnorms, knn_index, row_max, k1, k2):
-    check_knn_inputs("rerank_neighbours", feats, sqnorms, 1)
+    check_neighbours_inputs(feats, sqnorms, knn_index, row_max, k1, k2)
     N = feats.shape[0]
-    ctx = torch.library.get_ctx()
-    nnz = ctx.new_dynamic_size()
-    long = dict(dtype=torch.int64)
-    return (feats.new_empty((N + 1,), **long), feats.new_empty((nnz,), **long), feats.new_empty((nnz,)),
-            feats.new_empty((N + 1,), **long), feats.new_empty((nnz,), **long), feats.new_empty((nnz,)))
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    index = dict(dtype=torch.int64)
+    return (feats.new_empty((N + 1,), **index), feats.new_empty((nnz,), **index), feats.new_empty((nnz,)),
+            feats.new_empty((N + 1,), **index), feats.new_empty((nnz,), **index), feats.new_empty((nnz,)))
 
 
-def _fake_blend(gram, row_sq, col_sq, row_max, v_offsets, v_columns, v_values, inv_offsets, inv_rows,
-                inv_values, row_start, col_start, lambda_value):
-    if gram.dim() != 2 or gram.dtype != torch.float32:
-        raise ValueError(f"fgreid_ops.rerank_blend_: expected gram to be a 2-D float32 tensor, got "
-                         f"{gram.dim()}-D {gram.dtype}")
+def _fake_blend(*args):
+    check_blend_inputs(*args)
 
 
-if has_extension():
-    torch.library.register_fake("fgreid::rerank_knn")(_fake_knn)
-    torch.library.register_fake("fgreid::rerank_neighbours")(_fake_neighbours)
-    torch.library.register_fake("fgreid::rerank_blend_")(_fake_blend)
+KNN = _registry.register(_registry.OpDef(
+    name="rerank_knn", op=OP, check=check_knn_inputs, fake=_fake_knn, reference=None,
+    signature="(Tensor feats, Tensor sqnorms, int k) -> (Tensor index, Tensor row_max)",
+    cpp=("cpu",), triton="rerank",
+))
+NEIGHBOURS = _registry.register(_registry.OpDef(
+    name="rerank_neighbours", op=OP, check=check_neighbours_inputs, fake=_fake_neighbours, reference=None,
+    signature="(Tensor feats, Tensor sqnorms, Tensor knn_index, Tensor row_max, int k1, int k2)"
+              " -> (Tensor v_offsets, Tensor v_columns, Tensor v_values, Tensor inv_offsets, Tensor inv_rows,"
+              " Tensor inv_values)",
+    cpp=("cpu",),
+))
+BLEND = _registry.register(_registry.OpDef(
+    name="rerank_blend_", op=OP, check=check_blend_inputs, fake=_fake_blend, reference=None,
+    signature="(Tensor(a!) gram, Tensor row_sq, Tensor col_sq, Tensor row_max, Tensor v_offsets,"
+              " Tensor v_columns, Tensor v_values, Tensor inv_offsets, Tensor inv_rows, Tensor inv_values,"
+              " int row_start, int col_start, float lambda_value) -> ()",
+    cpp=("cpu",),
+))
 
 __all__ = ["rerank"]

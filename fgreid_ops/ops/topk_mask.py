@@ -1,47 +1,12 @@
 """Top-k attention exploration (SPEC §4, CUHS eq. 5-6): the public function, its fakes and its
 autograd."""
 
-import operator
-
 import torch
 
-from .. import _backend
-from .. import _checks as checks
-from ._register import register_with_backward
+from .. import _backend, _registry
+from .._checks import is_channels_last
+from ..checks.topk_mask import check_backward_inputs, check_inputs
 from ..reference.topk_mask import topk_mask_reference
-
-_OP = "topk_mask"
-
-
-def _check_k(k):
-    if isinstance(k, torch.SymInt):
-        value = k
-    else:
-        try:
-            if isinstance(k, bool):
-                raise TypeError
-            value = operator.index(k)
-        except TypeError:
-            raise TypeError(f"fgreid_ops.topk_mask: expected k to be an int, got {type(k).__name__}") from None
-    if value < 0:
-        raise ValueError(f"fgreid_ops.topk_mask: expected k >= 0, got {value}")
-    return value
-
-
-def _check_inputs(f1, f2, k):
-    """The checks of csrc/include/fgreid_ops/topk_mask_checks.h, in the same order; returns k as an int."""
-    checks.check_tensor(_OP, "f1", f1)
-    checks.check_tensor(_OP, "f2", f2)
-    checks.check_dim(_OP, "f1", f1, 4, "(N, C, H, W)")
-    checks.check_float_dtype(_OP, "f1", f1)
-    checks.check_same_device(_OP, "f2", f2, "f1", f1)
-    if f2.dtype != f1.dtype:
-        raise TypeError(f"fgreid_ops.topk_mask: expected f2 to have the same dtype as f1 ({f1.dtype}), got {f2.dtype}")
-    if f2.shape != f1.shape:
-        raise ValueError(f"fgreid_ops.topk_mask: expected f2 of the same shape as f1 {list(f1.shape)}, got {list(f2.shape)}")
-    checks.check_nonempty_batch(_OP, "f1", f1)
-    checks.check_nonempty(_OP, "f1", f1)
-    return _check_k(k)
 
 
 def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, *, backend: str | None = None):
@@ -72,41 +37,23 @@ def topk_mask(f1: torch.Tensor, f2: torch.Tensor, k: int, *, backend: str | None
     constant in f1): ``f1.grad`` stays None when f1 is used only here. The mask output is not
     differentiable.
     """
-    k = _check_inputs(f1, f2, k)
-    backend = _backend.resolve(_OP, f1.device.type, backend)
-    if backend == "reference":
-        return topk_mask_reference(f1, f2, k)
-    if backend == "triton":
-        return torch.ops.fgreid.topk_mask_triton(f1, f2, k)
-    return torch.ops.fgreid.topk_mask(f1, f2, k)
+    k = check_inputs(f1, f2, k)
+    return _backend.dispatch(TOPK_MASK, f1.device.type, backend, f1, f2, k)
 
 
 def _layout_of(t):
-    return torch.channels_last if checks.is_channels_last(t) else torch.contiguous_format
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
 
 
 def _fake_forward(f1, f2, k):
-    _check_inputs(f1, f2, k)
+    check_inputs(f1, f2, k)
     N, _, H, W = f2.shape
     out = torch.empty(f2.shape, dtype=f2.dtype, device=f2.device, memory_format=_layout_of(f2))
     return out, f2.new_empty((N, 1, H, W))
 
 
-def _check_backward_inputs(grad_out, mask):
-    checks.check_dim("topk_mask_backward", "grad_out", grad_out, 4, "(N, C, H, W)")
-    checks.check_float_dtype("topk_mask_backward", "grad_out", grad_out)
-    checks.check_float_dtype("topk_mask_backward", "mask", mask)
-    checks.check_same_device("topk_mask_backward", "mask", mask, "grad_out", grad_out)
-    N, _, H, W = grad_out.shape
-    if mask.shape != (N, 1, H, W):
-        raise ValueError(
-            f"fgreid_ops.topk_mask_backward: expected mask of shape [N, 1, H, W]=[{N}, 1, {H}, {W}], "
-            f"got {list(mask.shape)}"
-        )
-
-
 def _fake_backward(grad_out, mask):
-    _check_backward_inputs(grad_out, mask)
+    check_backward_inputs(grad_out, mask)
     return torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=_layout_of(grad_out))
 
 
@@ -125,4 +72,15 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("topk_mask", "topk_mask_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
+TOPK_MASK = _registry.register(_registry.OpDef(
+    name="topk_mask", op="topk_mask", check=check_inputs, fake=_fake_forward, reference=topk_mask_reference,
+    signature="(Tensor f1, Tensor f2, int k) -> (Tensor out, Tensor mask)",
+    cpp=("cpu", "cuda"), triton="topk_mask",
+    backward=_registry.Backward(
+        fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
+        signature="(Tensor grad_out, Tensor mask) -> Tensor",
+    ),
+    onnx="topk_mask_onnx",
+))
+
+__all__ = ["topk_mask"]

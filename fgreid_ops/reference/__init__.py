@@ -1,11 +1,15 @@
-"""Plain-PyTorch references, written from ../shared/SPEC.md; every kernel is tested against them."""
+"""Plain-PyTorch references, one module per op (the list is fgreid_ops._oplist.OPS), each the
+op's definition written plainly; every kernel is tested against them. This package exports every
+name of each module's __all__."""
 
-from .batch_hard_triplet import batch_hard_triplet_reference
-from .evaluate import distance_reference, evaluate_reference, per_query_reference
-from .gem import gem_reference
-from .mask_upsample_mul import mask_upsample_mul_reference
-from .off import off_reference
-from .rerank import rerank_reference
-from .topk_mask import topk_mask_reference
+import importlib
 
-__all__ = ["batch_hard_triplet_reference", "distance_reference", "evaluate_reference", "per_query_reference", "gem_reference", "mask_upsample_mul_reference", "off_reference", "rerank_reference", "topk_mask_reference"]
+from .._oplist import OPS
+
+__all__ = []
+for _name in OPS:
+    _module = importlib.import_module(f"{__name__}.{_name}")
+    for _symbol in _module.__all__:
+        globals()[_symbol] = getattr(_module, _symbol)
+        __all__.append(_symbol)
+del _name, _module, _symbol

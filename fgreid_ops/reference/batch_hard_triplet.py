@@ -70,3 +70,5 @@ def batch_hard_triplet_reference(
         loss = loss.sum()
     loss = loss.to(emb.dtype)
     return (loss, idx_p, idx_n) if return_indices else loss
+
+__all__ = ["batch_hard_triplet_reference"]

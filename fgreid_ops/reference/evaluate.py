@@ -63,3 +63,5 @@ def evaluate_reference(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: in
     """(cmc, mAP, mINP, num_skipped, ap) as fgreid_ops.evaluate computes them (SPEC §6)."""
     first_hit, ap, inp = per_query_reference(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid)
     return (*summarize(first_hit, ap, inp, max_rank), ap)
+
+__all__ = ["distance_reference", "evaluate_reference", "per_query_reference"]

@@ -11,3 +11,5 @@ def gem_reference(x: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.
     pf = p.to(compute).reshape(1, -1)
     y = xf.clamp(min=eps).pow(pf[..., None, None]).mean(dim=(-2, -1)).pow(1.0 / pf)
     return y.to(x.dtype)
+
+__all__ = ["gem_reference"]

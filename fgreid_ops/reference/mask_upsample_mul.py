@@ -18,3 +18,5 @@ def mask_upsample_mul_reference(feat: torch.Tensor, mask: torch.Tensor, mode: st
     if pool:
         out = out.mean(dim=(-2, -1))
     return out.to(feat.dtype)
+
+__all__ = ["mask_upsample_mul_reference"]

@@ -23,3 +23,5 @@ def off_reference(a: torch.Tensor, b: torch.Tensor | None = None, *, stride: int
     sy = F.conv2d(af, ky, padding=1, groups=C)
     out = torch.cat([sx, sy, bf - af], dim=1)
     return out.to(a.dtype).reshape(*lead, 3 * C, H, W)
+
+__all__ = ["off_reference"]

@@ -59,3 +59,6 @@ def rerank_reference(q_feats: torch.Tensor, g_feats: torch.Tensor, k1: int = 20,
         m = torch.minimum(V[i][None, :], V[num_query:]).sum(1)
         jaccard[i] = 1 - m / (2 - m)
     return (1 - lambda_value) * jaccard + lambda_value * d[:num_query, num_query:]
+
+
+__all__ = ["rerank_reference"]

@@ -22,3 +22,5 @@ def topk_mask_reference(f1: torch.Tensor, f2: torch.Tensor, k: int):
     mask.scatter_(1, order, 0)
     mask = mask.reshape(N, 1, H, W)
     return f2 * mask, mask
+
+__all__ = ["topk_mask_reference"]

@@ -1,18 +1,8 @@
-"""Triton kernels, one module per op. Importing this package registers them as the
-implementations of the fgreid::<op>_triton schemas (CUDA tensors; CPU tensors too when
-TRITON_INTERPRET=1 was set before import, which is how CI runs them)."""
+"""Triton kernels and their launchers, one module per op (`fgreid_ops/triton/<op>.py`), sharing
+`_utils.py`. The modules register nothing: each op's description (`fgreid_ops/ops/<op>.py`)
+names its launchers and `fgreid_ops._registry` registers them as the `fgreid::<op>_triton` ops
+(CUDA tensors; CPU tensors too when TRITON_INTERPRET=1 was set before import)."""
 
-import os
+from .._triton_support import AVAILABLE, DEVICES, INTERPRET
 
-try:
-    import triton  # noqa: F401
-
-    AVAILABLE = True
-except ImportError:
-    AVAILABLE = False
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
-
-if AVAILABLE:
-    from . import batch_hard_triplet, evaluate, gem, rerank, topk_mask  # noqa: F401
+__all__ = ["AVAILABLE", "DEVICES", "INTERPRET"]

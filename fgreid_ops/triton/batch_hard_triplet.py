@@ -1,4 +1,5 @@
-"""Batch-hard triplet mining in Triton (SPEC §5), registered as fgreid::batch_hard_triplet_mine_triton.
+"""Batch-hard triplet mining in Triton (SPEC §5): the launchers of fgreid::batch_hard_triplet_mine_triton
+and its backward.
 
 One pass in the flash-attention style: a program holds BLOCK_M anchors and walks its share of
 the references in BLOCK_N tiles; each tile of dot products comes from tl.dot over D in BLOCK_K
@@ -14,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
+from ..checks.batch_hard_triplet import check_mine_backward_inputs, check_mine_inputs
+from ._utils import acc_dtype, grid, launcher
 
 
 @triton.jit
@@ -117,8 +119,7 @@ def _config(x, D):
 def mine(emb, labels, ref_emb, ref_labels, distance, splits=None):
     B, D = emb.shape
     M = ref_emb.shape[0]
-    acc_torch = torch.float64 if emb.dtype == torch.float64 else torch.float32
-    acc_tl = tl.float64 if emb.dtype == torch.float64 else tl.float32
+    acc_torch, acc_tl = acc_dtype(emb.dtype)
     cosine = distance == "cosine"
     if cosine:
         na = nb = emb.new_empty((1,), dtype=acc_torch)
@@ -256,16 +257,12 @@ def _row_blocks(D):
     return max(1, 2048 // block_d), block_d
 
 
-def _acc(x):
-    return (torch.float64, tl.float64) if x.dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def pair_distances(emb, ref_emb, idx, distance, missing):
     B, D = emb.shape
-    acc_torch, acc_tl = _acc(emb)
+    acc_torch, acc_tl = acc_dtype(emb.dtype)
     out = emb.new_empty((B,), dtype=acc_torch)
     block_b, block_d = _row_blocks(D)
-    _pair_distance_kernel[(triton.cdiv(B, block_b),)](
+    _pair_distance_kernel[grid((B, block_b))](
         emb, ref_emb, idx, out, B, D, emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
         MISSING=missing, COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", ACC=acc_tl,
         BLOCK_B=block_b, BLOCK_D=block_d,
@@ -273,24 +270,23 @@ def pair_distances(emb, ref_emb, idx, distance, missing):
     return out
 
 
+@launcher(check_mine_inputs)
 def batch_hard_triplet_mine_triton(emb, labels, ref_emb, ref_labels, distance):
-    from ..ops.batch_hard_triplet import check_mine_inputs
-
-    check_mine_inputs(emb, labels, ref_emb, ref_labels, distance)
     idx_p, idx_n = mine(emb, labels, ref_emb, ref_labels, distance)
     d_ap = pair_distances(emb, ref_emb, idx_p, distance, float("-inf"))
     d_an = pair_distances(emb, ref_emb, idx_n, distance, float("inf"))
     return d_ap, d_an, idx_p, idx_n
 
 
+@launcher(check_mine_backward_inputs)
 def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
                                             distance, need_ref_grad):
     B, D = emb.shape
-    acc_torch, acc_tl = _acc(emb)
+    acc_torch, acc_tl = acc_dtype(emb.dtype)
     grad_emb = emb.new_empty((B, D))
     contrib = [emb.new_empty((B, D) if need_ref_grad else (1,), dtype=acc_torch) for _ in range(2)]
     block_b, block_d = _row_blocks(D)
-    _pair_backward_kernel[(triton.cdiv(B, block_b),)](
+    _pair_backward_kernel[grid((B, block_b))](
         emb, ref_emb, idx_p.contiguous(), idx_n.contiguous(), grad_d_ap.contiguous(), grad_d_an.contiguous(),
         d_ap.contiguous(), d_an.contiguous(), grad_emb, contrib[0], contrib[1], B, D,
         emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
@@ -305,8 +301,3 @@ def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, 
         grad_ref.index_put_((idx.clamp(min=0),), rows, accumulate=True)
     return grad_emb, grad_ref.to(ref_emb.dtype)
 
-
-torch.library.register_kernel("fgreid::batch_hard_triplet_mine_triton", DEVICES, batch_hard_triplet_mine_triton)
-torch.library.register_kernel(
-    "fgreid::batch_hard_triplet_mine_triton_backward", DEVICES, batch_hard_triplet_mine_triton_backward
-)

@@ -1,5 +1,6 @@
-"""Rank evaluation on GPU (SPEC §6), registered as fgreid::evaluate_triton (whole distance
-matrix) and fgreid::evaluate_count_triton (one gallery chunk, accumulating).
+"""Rank evaluation on GPU (SPEC §6): the launchers of fgreid::evaluate_triton (whole distance
+matrix), fgreid::evaluate_count_triton (one gallery chunk, accumulating) and of the streamed
+path's evaluate_matches_triton / evaluate_finalize_triton.
 
 The hot loop is a Triton kernel: each program takes one query row and a block of gallery
 columns, builds the kept-other-pid mask once and compares the block against the query's
@@ -12,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
+from ..checks.evaluate import check_count_inputs, check_finalize_inputs, check_matches_inputs, check_op_inputs
+from ._utils import acc_dtype, launcher
 
 
 @triton.jit
@@ -50,10 +52,6 @@ def _evaluate_count_kernel(
             tl.atomic_add(counts_ptr + m, count.to(tl.int64), mask=in_list & (count > 0))
 
 
-def _acc_dtype(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _check_offsets(offsets: torch.Tensor, nnz: int) -> None:
     """The kernel indexes the match lists with these values; reject any that would go out of
     bounds (one small reduction, a device sync on CUDA)."""
@@ -72,7 +70,7 @@ def count_launch(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk
     _evaluate_count_kernel[grid](
         dist, dist.stride(0), dist.stride(1), q_pids, g_pids, G, g_start,
         offsets, index, match_dist, counts, 0 if junk_pid is None else junk_pid,
-        HAS_JUNK=junk_pid is not None, BLOCK_G=block_g, BLOCK_M=16, ACC=_acc_dtype(dist.dtype),
+        HAS_JUNK=junk_pid is not None, BLOCK_G=block_g, BLOCK_M=16, ACC=acc_dtype(dist.dtype)[1],
     )
 
 
@@ -108,8 +106,7 @@ def finalize_torch(offsets, index, match_dist, counts):
         return first_hit, nan, nan.clone()
     query = torch.repeat_interleave(torch.arange(Q, device=device), n, output_size=nnz)
     # + 0.0 turns -0.0 into +0.0: the CUDA radix sort would order them, the kernel ties them
-    acc = torch.float64 if match_dist.dtype == torch.float64 else torch.float32
-    key = match_dist.to(acc) + 0.0
+    key = match_dist.to(acc_dtype(match_dist.dtype)[0]) + 0.0
     by_dist = torch.sort(key, stable=True).indices
     perm = by_dist[torch.sort(query[by_dist], stable=True).indices]
     k = torch.arange(nnz, device=device) - offsets[query]
@@ -122,18 +119,14 @@ def finalize_torch(offsets, index, match_dist, counts):
     return first_hit, torch.where(has_match, ap, nan), inp
 
 
-def _evaluate_count_triton(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts):
-    from ..ops.evaluate import _check_count_inputs
-
-    _check_count_inputs(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts)
+@launcher(check_count_inputs)
+def evaluate_count_triton(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts):
     _check_offsets(offsets, index.shape[0])
     count_launch(dist, q_pids, g_pids, g_start, offsets, index, match_dist, junk_pid, counts)
 
 
-def _evaluate_triton(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid):
-    from ..ops.evaluate import _check_op_inputs
-
-    _check_op_inputs(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid)
+@launcher(check_op_inputs)
+def evaluate_triton(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid):
     offsets, index = matches_torch(q_pids, g_pids, q_camids, g_camids, junk_pid)
     query = torch.repeat_interleave(torch.arange(distmat.shape[0], device=distmat.device), offsets.diff(),
                                     output_size=index.shape[0])
@@ -143,5 +136,5 @@ def _evaluate_triton(distmat, q_pids, g_pids, q_camids, g_camids, junk_pid):
     return finalize_torch(offsets, index, match_dist, counts)
 
 
-torch.library.register_kernel("fgreid::evaluate_triton", DEVICES, _evaluate_triton)
-torch.library.register_kernel("fgreid::evaluate_count_triton", DEVICES, _evaluate_count_triton)
+evaluate_matches_triton = launcher(check_matches_inputs)(matches_torch)
+evaluate_finalize_triton = launcher(check_finalize_inputs)(finalize_torch)

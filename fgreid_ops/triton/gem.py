@@ -1,4 +1,4 @@
-"""GeM pooling in Triton (SPEC §1), registered as fgreid::gem_triton / gem_triton_backward.
+"""GeM pooling in Triton (SPEC §1): the launchers of fgreid::gem_triton / gem_triton_backward.
 
 Each program reduces BLOCK_R rows (n, c) over H*W in BLOCK_HW chunks. Addresses come from the
 input's own strides, so channels_last and sliced views are read in place without a copy."""
@@ -7,8 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
 from .._checks import is_channels_last
+from ..checks.gem import check_backward_inputs, check_inputs
+from ._utils import acc_dtype, grid, launcher
 
 
 @triton.jit
@@ -87,12 +88,8 @@ def _gem_bwd_kernel(
         tl.store(grad_p_ptr + rows, grad_p, mask=row_mask)
 
 
-def _acc_dtype(x):
-    return (tl.float64, torch.float64) if x.dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _per_channel(p, C, x):
-    return p.to(_acc_dtype(x)[1]).expand(C).contiguous()
+    return p.to(acc_dtype(x.dtype)[0]).expand(C).contiguous()
 
 
 def _blocks(hw):
@@ -100,27 +97,27 @@ def _blocks(hw):
     return max(1, 2048 // block_hw), block_hw
 
 
+@launcher(check_inputs)
 def gem_triton(x, p, eps):
     N, C, H, W = x.shape
     out = x.new_empty((N, C))
     block_r, block_hw = _blocks(H * W)
-    grid = (triton.cdiv(N * C, block_r),)
-    _gem_fwd_kernel[grid](
+    _gem_fwd_kernel[grid((N * C, block_r))](
         x, _per_channel(p, C, x), out, N * C, C, H * W, W, *x.stride(), eps,
-        BLOCK_R=block_r, BLOCK_HW=block_hw, ACC=_acc_dtype(x)[0],
+        BLOCK_R=block_r, BLOCK_HW=block_hw, ACC=acc_dtype(x.dtype)[1],
     )
     return out
 
 
+@launcher(check_backward_inputs)
 def gem_triton_backward(grad_out, x, p, eps, need_grad_p):
     N, C, H, W = x.shape
-    acc_tl, acc_torch = _acc_dtype(x)
+    acc_torch, acc_tl = acc_dtype(x.dtype)
     layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
     grad_p_rows = x.new_empty((N, C) if need_grad_p else (0,), dtype=acc_torch)
     block_r, block_hw = _blocks(H * W)
-    grid = (triton.cdiv(N * C, block_r),)
-    _gem_bwd_kernel[grid](
+    _gem_bwd_kernel[grid((N * C, block_r))](
         grad_out.contiguous(), x, _per_channel(p, C, x), grad_x, grad_p_rows,
         N * C, C, H * W, W, *x.stride(), *grad_x.stride(), eps,
         NEED_GRAD_P=need_grad_p, BLOCK_R=block_r, BLOCK_HW=block_hw,
@@ -128,6 +125,3 @@ def gem_triton_backward(grad_out, x, p, eps, need_grad_p):
     )
     return grad_x, grad_p_rows
 
-
-torch.library.register_kernel("fgreid::gem_triton", DEVICES, gem_triton)
-torch.library.register_kernel("fgreid::gem_triton_backward", DEVICES, gem_triton_backward)

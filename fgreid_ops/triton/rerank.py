@@ -1,5 +1,5 @@
-"""k-reciprocal re-ranking on GPU (SPEC §9): the kNN stage, registered as
-fgreid::rerank_knn_triton (a Python-defined schema, same result as the CPU fgreid::rerank_knn).
+"""k-reciprocal re-ranking on GPU (SPEC §9): the launcher of the kNN stage,
+fgreid::rerank_knn_triton (the same result as the CPU fgreid::rerank_knn).
 
 Each program computes one [BLOCK_M, BLOCK_N] tile of d = (|x_i|^2 + |x_j|^2) - 2 x_i.x_j with
 tl.dot (IEEE float32, no TF32), packs every entry into one int64 key (order of d in the high
@@ -10,13 +10,12 @@ keys are distinct, so the selection has no ties. The sparse stages and the blend
 fgreid_ops/ops/rerank.py (CPU kernels for the former; plain PyTorch on the device for the
 latter)."""
 
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
+from ..checks.rerank import check_knn_inputs
+from ._utils import grid, launcher
 
 _INT64_MAX = 2**63 - 1
 # Bytes of per-tile key lists held at once (one block of rows); bounds the kNN stage's memory.
@@ -66,40 +65,26 @@ def _key_rows(num_tiles: int, k: int) -> int:
     return max(1, _KEY_BUDGET // (num_tiles * k * 8))
 
 
-@torch.library.custom_op("fgreid::rerank_knn_triton", mutates_args=(), device_types=DEVICES)
-def rerank_knn_triton(feats: torch.Tensor, sqnorms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..ops.rerank import check_knn_inputs
-
-    check_knn_inputs("rerank_knn_triton", feats, sqnorms, k)
+@launcher(check_knn_inputs)
+def rerank_knn_triton(feats, sqnorms, k):
     x = feats.contiguous()
     N, D = x.shape
     block_n = max(64, triton.next_power_of_2(k))
     block_m = 16 if block_n > 128 else 32
-    block_d = 32
     num_tiles = triton.cdiv(N, block_n)
     index = torch.empty(N, k, dtype=torch.int64, device=x.device)
     row_max = torch.empty(N, dtype=torch.float32, device=x.device)
     step = _key_rows(num_tiles, k)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        for r0 in range(0, N, step):
-            rows = min(step, N - r0)
-            keys = torch.empty(rows, num_tiles * k, dtype=torch.int64, device=x.device)
-            tile_max = torch.empty(rows, num_tiles, dtype=torch.float32, device=x.device)
-            grid = (triton.cdiv(rows, block_m), num_tiles)
-            _rerank_knn_tile_kernel[grid](
-                x, sqnorms.contiguous(), keys, tile_max, N, D, x.stride(0), r0, rows, num_tiles,
-                K=k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-            )
-            # tiles narrower than k (the last one) padded their lists with INT64_MAX
-            best = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
-            index[r0:r0 + rows] = best & 0xFFFFFFFF
-            row_max[r0:r0 + rows] = tile_max.amax(1)
+    for r0 in range(0, N, step):
+        rows = min(step, N - r0)
+        keys = torch.empty(rows, num_tiles * k, dtype=torch.int64, device=x.device)
+        tile_max = torch.empty(rows, num_tiles, dtype=torch.float32, device=x.device)
+        _rerank_knn_tile_kernel[grid((rows, block_m), (N, block_n))](
+            x, sqnorms.contiguous(), keys, tile_max, N, D, x.stride(0), r0, rows, num_tiles,
+            K=k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=32,
+        )
+        # tiles narrower than k (the last one) padded their lists with INT64_MAX
+        best = torch.topk(keys, k, dim=1, largest=False, sorted=True).values
+        index[r0:r0 + rows] = best & 0xFFFFFFFF
+        row_max[r0:r0 + rows] = tile_max.amax(1)
     return index, row_max
-
-
-@rerank_knn_triton.register_fake
-def _(feats, sqnorms, k):
-    from ..ops.rerank import check_knn_inputs
-
-    check_knn_inputs("rerank_knn_triton", feats, sqnorms, k)
-    return feats.new_empty((feats.shape[0], k), dtype=torch.int64), feats.new_empty((feats.shape[0],))

@@ -1,4 +1,4 @@
-"""Top-k attention exploration in Triton (SPEC §4), registered as fgreid::topk_mask_triton /
+"""Top-k attention exploration in Triton (SPEC §4): the launchers of fgreid::topk_mask_triton /
 topk_mask_triton_backward.
 
 Three launches: partial channel sums of f1 over fixed chunks of channels (no atomics, so the
@@ -9,9 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import DEVICES
 from .._checks import is_channels_last
-from ..ops.topk_mask import _check_backward_inputs, _check_inputs
+from ..checks.topk_mask import check_backward_inputs, check_inputs
+from ._utils import acc_dtype, grid, launcher
 
 # Channels per partial sum: fixed, so the attention map does not depend on the launch.
 CHANNEL_CHUNK = 128
@@ -101,10 +101,6 @@ def _topk_mask_mul_kernel(
     tl.store(out_ptr + e, (x * m).to(out_ptr.dtype.element_ty), mask=valid)
 
 
-def _acc_dtype(t):
-    return (tl.float64, torch.float64) if t.dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _masked_multiply(x, mask):
     N, C, H, W = x.shape
     channels_last = is_channels_last(x)
@@ -114,15 +110,15 @@ def _masked_multiply(x, mask):
     if total == 0:
         return out
     block = 1024
-    _topk_mask_mul_kernel[(triton.cdiv(total, block),)](
+    _topk_mask_mul_kernel[grid((total, block))](
         x, mask, out, total, C, H * W, W, *x.stride(),
-        CHANNELS_LAST=channels_last, BLOCK=block, ACC=_acc_dtype(x)[0],
+        CHANNELS_LAST=channels_last, BLOCK=block, ACC=acc_dtype(x.dtype)[1],
     )
     return out
 
 
+@launcher(check_inputs)
 def topk_mask_triton(f1, f2, k):
-    _check_inputs(f1, f2, k)  # for direct torch.ops callers: the launches index by these shapes
     N, C, H, W = f1.shape
     HW = H * W
     mask = f2.new_empty((N, 1, H, W))
@@ -130,25 +126,22 @@ def topk_mask_triton(f1, f2, k):
         mask.fill_(1.0 if k == 0 else 0.0)
         return _masked_multiply(f2, mask), mask
     chunks = triton.cdiv(C, CHANNEL_CHUNK)
-    partial = torch.empty((N, chunks, HW), dtype=_acc_dtype(f1)[1], device=f1.device)
+    partial = torch.empty((N, chunks, HW), dtype=acc_dtype(f1.dtype)[0], device=f1.device)
     block_c = min(triton.next_power_of_2(C), 32)
     block_hw = min(triton.next_power_of_2(HW), 64)
-    _topk_mask_sum_kernel[(N * chunks, triton.cdiv(HW, block_hw))](
+    _topk_mask_sum_kernel[(N * chunks, *grid((HW, block_hw)))](
         f1, partial, C, HW, W, chunks, *f1.stride(),
         CHUNK=CHANNEL_CHUNK, BLOCK_C=block_c, BLOCK_HW=block_hw,
     )
     block_i = min(triton.next_power_of_2(HW), 64)
     block_j = min(triton.next_power_of_2(HW), 64)
-    _topk_mask_select_kernel[(N, triton.cdiv(HW, block_i))](
+    _topk_mask_select_kernel[(N, *grid((HW, block_i)))](
         partial, mask, HW, chunks, k, BLOCK_I=block_i, BLOCK_J=block_j,
     )
     return _masked_multiply(f2, mask), mask
 
 
+@launcher(check_backward_inputs)
 def topk_mask_triton_backward(grad_out, mask):
-    _check_backward_inputs(grad_out, mask)
     return _masked_multiply(grad_out, mask.to(grad_out.dtype).contiguous())
 
-
-torch.library.register_kernel("fgreid::topk_mask_triton", DEVICES, topk_mask_triton)
-torch.library.register_kernel("fgreid::topk_mask_triton_backward", DEVICES, topk_mask_triton_backward)
