@@ -146,6 +146,14 @@ def test_identical_rows_give_zero_normalized_distance():
     torch.testing.assert_close(fgreid_ops.rerank(q, g, 2, 2, 0.3), rerank_reference(q, g, 2, 2, 0.3), **TOL)
 
 
+@pytest.mark.parametrize("k1", [3, 40])
+def test_non_finite_features_do_not_crash(k1):
+    q, g = clustered(4, 20, seed=47)
+    q[1, 0], g[3, 2] = float("nan"), float("inf")
+    out = fgreid_ops.rerank(q, g, k1, 2)
+    assert out.shape == (4, 20) and out.dtype == torch.float32
+
+
 def test_single_gallery_item_and_query():
     q, g = clustered(1, 1, seed=5)
     torch.testing.assert_close(fgreid_ops.rerank(q, g), rerank_reference(q, g), **TOL)
