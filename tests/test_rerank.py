@@ -297,8 +297,8 @@ def test_torch_compile_fullgraph():
 # --- errors ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(g_feats=torch.zeros(0, 8)), ValueError, "expected g_feats to have at least one gallery item"),
-    (dict(q_feats=torch.zeros(0, 8)), ValueError, "expected q_feats to have at least one query"),
+    (dict(g_feats=torch.zeros(0, 8)), ValueError, "expected at least one query and one gallery item"),
+    (dict(q_feats=torch.zeros(0, 8)), ValueError, "expected at least one query and one gallery item"),
     (dict(g_feats=torch.zeros(5, 7)), ValueError, "expected q_feats and g_feats with the same D"),
     (dict(q_feats=torch.zeros(3, 8, dtype=torch.int64)), TypeError, "expected q_feats to be float32"),
     (dict(q_feats=torch.zeros(3)), ValueError, "expected q_feats to be 2-D"),

@@ -4,6 +4,7 @@ rerank / evaluate_features(..., rerank=...)."""
 import torch
 
 from .. import _checks as checks
+from .evaluate import check_features as check_evaluate_features
 
 OP = "rerank"
 PARAMS = ("k1", "k2", "lambda_value")
@@ -43,19 +44,8 @@ def rerank_params(op, params):
 
 
 def check_features(op, q_feats, g_feats):
-    for arg, t in (("q_feats", q_feats), ("g_feats", g_feats)):
-        checks.check_tensor(op, arg, t)
-        checks.check_dim(op, arg, t, 2, "(num, D)")
-        checks.check_float_dtype(op, arg, t)
-    checks.check_same_device(op, "g_feats", g_feats, "q_feats", q_feats)
-    if q_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected q_feats to have at least one query, got shape {list(q_feats.shape)}")
-    if g_feats.shape[0] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected g_feats to have at least one gallery item, "
-                         f"got shape {list(g_feats.shape)}")
-    if q_feats.shape[1] != g_feats.shape[1] or q_feats.shape[1] == 0:
-        raise ValueError(f"fgreid_ops.{op}: expected q_feats and g_feats with the same D > 0, "
-                         f"got {list(q_feats.shape)} and {list(g_feats.shape)}")
+    """The features checks of evaluate_features, and at most 2^31-1 rows together."""
+    check_evaluate_features(op, q_feats, g_feats)
     if q_feats.shape[0] + g_feats.shape[0] > 2**31 - 1:
         raise ValueError(f"fgreid_ops.{op}: expected at most 2^31-1 rows in q_feats and g_feats together, "
                          f"got {q_feats.shape[0] + g_feats.shape[0]}")
