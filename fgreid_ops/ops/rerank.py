@@ -27,6 +27,9 @@ Choices where the common code is silent or differs:
 - Ties rank to the lower index everywhere (numpy's default argsort is not stable). Rows are
   ranked by d, which is the order of d' except where the division rounds two distances less
   than an ulp apart to one value (the reference then ranks them by index).
+- The kernels' own stages (top-k, sparse sets, sums) do not depend on the thread count. The Gram
+  tiles come from torch.mm (MKL/OpenBLAS), whose rounding is the same for the same call; rankings
+  can therefore differ from another GEMM's only where two distances are within rounding.
 - A row whose max distance is 0 (every row identical) has d' = 0, not NaN.
 - k1 >= N or k2 >= N take every row, as numpy's slicing does; k2 = 1 skips query expansion.
 - Non-finite features give NaN/inf distances (ranked last); the result is then not meaningful.

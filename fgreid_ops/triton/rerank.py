@@ -17,7 +17,7 @@ import triton.language as tl
 from ..checks.rerank import check_knn_inputs
 from ._utils import grid, launcher
 
-_INT64_MAX = 2**63 - 1
+_INT64_MAX = tl.constexpr(2**63 - 1)  # a global read inside a jit function must be a constexpr
 # Bytes of per-tile key lists held at once (one block of rows); bounds the kNN stage's memory.
 _KEY_BUDGET = 128 * 2**20
 
