@@ -4,7 +4,7 @@ optionally `fgreid_ops/triton/<name>.py` and the C++ kernels; adding its name he
 the package export it (fgreid_ops.ops, fgreid_ops.reference and the ONNX table derive from this
 list). See docs/adding_an_op.md."""
 
-OPS = ("gem", "off", "mask_upsample_mul", "topk_mask", "batch_hard_triplet", "evaluate")
+OPS = ("gem", "off", "mask_upsample_mul", "topk_mask", "batch_hard_triplet", "evaluate", "rerank")
 
 
 def export_ops(package: str, namespace: dict) -> list:

@@ -162,7 +162,7 @@ class _Distances:
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                       metric: str = "euclidean", memory_budget: int = 256 * 2**20, progress: bool = False,
                       return_per_query: bool = False, junk_pid: int | None = None,
-                      backend: str | None = None) -> EvaluationResult:
+                      backend: str | None = None, rerank: dict | None = None) -> EvaluationResult:
     """`evaluate` from features, never holding the [Q, G] distance matrix.
 
     The gallery is walked in chunks: per chunk one GEMM gives the [Q, chunk] distances
@@ -183,11 +183,21 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         memory_budget: bytes for the distance block + gallery chunk (default 256 MiB).
         progress: show a tqdm progress bar over the gallery (when tqdm is installed).
         backend: None (auto), "reference" (whole matrix, not streamed), "cpu" or "triton".
+        rerank: None, or k-reciprocal re-ranking of the euclidean distances, {"k1": 20, "k2": 6,
+            "lambda_value": 0.3} (any subset; True for these defaults): the re-ranked tiles are
+            streamed (fgreid_ops.ops.rerank.evaluate_reranked), equal to `evaluate` on
+            `fgreid_ops.rerank(q_feats, g_feats, ..., memory_budget=memory_budget)`.
         Other arguments as `evaluate`. Eager only (a Python loop over chunks).
     """
     q_feats, g_feats, ids, backend = _prepare_features("evaluate_features", q_feats, g_feats,
                                                        (q_pids, g_pids, q_camids, g_camids), max_rank, junk_pid,
                                                        metric, memory_budget, backend)
+    if rerank is not None:
+        from .rerank import evaluate_reranked  # it uses the evaluate kernels, not this module
+
+        per_query = evaluate_reranked(q_feats, g_feats, ids, rerank, metric, memory_budget, junk_pid, backend,
+                                      _progress(g_feats.shape[0], progress))
+        return _result(*per_query, max_rank, return_per_query)
     if backend == "reference":
         distmat = distance_reference(q_feats, g_feats, metric)
         return _result(*per_query_reference(distmat, *ids, junk_pid), max_rank, return_per_query)
