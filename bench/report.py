@@ -142,8 +142,8 @@ def summary(data):
         for mode in ("fwd", "fwd+bwd"):
             if mode in modes:
                 bw, vc, ve, n = modes[mode]
-                parts.append(f"{mode}: {fmt(bw, '.0f', '% BW')}, {fmt(vc, '.2f', '× compile')}, "
-                             f"{fmt(ve, '.2f', '× eager')} ({n} cases)")
+                bw_text = f"{fmt(bw, '.0f', '% BW')}, " if data["meta"]["device_type"] == "cuda" else ""
+                parts.append(f"{mode}: {bw_text}{fmt(vc, '.2f', '× compile')}, {fmt(ve, '.2f', '× eager')} ({n} cases)")
         lines.append(f"{op + ' [' + provider + ']':<{width}}  " + " | ".join(parts))
     return "\n".join(lines)
 
