@@ -4,7 +4,7 @@ import torch
 
 from .. import _backend, _registry
 from .._checks import is_channels_last
-from ..checks.gem import check_inputs
+from ..checks.gem import check_backward_inputs, check_inputs
 from ..reference.gem import gem_reference
 
 
@@ -35,6 +35,7 @@ def _fake_forward(x, p, eps):
 
 
 def _fake_backward(grad_out, x, p, eps, need_grad_p):
+    check_backward_inputs(grad_out, x, p, eps, need_grad_p)
     layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
