@@ -11,7 +11,8 @@ features included). Providers:
 
 The bench fails (exit status 1) when a provider fails, when fgreid-evaluate and fgreid-rerank
 disagree on any metric (they must be equal), or when fgreid and dense-torch differ by more than
-1e-3 in mAP. Results go to bench/results/rerank_cpu.json (device, threads and versions included).
+1e-3 in mAP. Results go to bench/results/rerank_cpu.json (device, threads and versions included;
+rows of sizes and providers not re-run are kept, so the sizes can be run one at a time).
 
     python bench/rerank.py --scale 0.02                 # a quick check, seconds
     python bench/rerank.py --sizes market1501           # full Market-1501 size
@@ -191,7 +192,8 @@ def main(argv=None):
         num_query, num_gallery = scaled(size, args.scale)
         by_provider = {}
         for provider in providers:
-            row = {"size": size, "Q": num_query, "G": num_gallery, "D": args.dim, "provider": provider}
+            row = {"size": size, "Q": num_query, "G": num_gallery, "D": args.dim, "provider": provider,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": args.note}
             if provider == "dense-torch" and dense_bytes(num_query, num_gallery) > dense_limit:
                 row.update(status="not run", reason=f"needs ~{dense_bytes(num_query, num_gallery) / 1e9:.0f} GB "
                                                     f"(limit {dense_limit / 1e9:.0f} GB)")
@@ -211,11 +213,17 @@ def main(argv=None):
         if ours is not None and dense is not None and abs(ours["mAP"] - dense["mAP"]) > 1e-3:
             failures.append(f"{size}: fgreid mAP {ours['mAP']} vs dense {dense['mAP']}")
 
+    # rows of other (size, provider, Q, G, D) already in the file are kept: sizes can be run apart
+    key = lambda r: (r["size"], r["provider"], r["Q"], r["G"], r["D"])  # noqa: E731
+    fresh = {key(r) for r in rows}
+    kept = []
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            kept = [r for r in json.load(f).get("rows", []) if key(r) not in fresh]
     results = {
         "bench": "rerank", "device": cpu_name(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "python": platform.python_version(), "scale": args.scale, "params": PARAMS,
-        "note": args.note, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
-        "failures": failures,
+        "torch": torch.__version__, "python": platform.python_version(), "params": PARAMS,
+        "rows": kept + rows, "failures": failures,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
