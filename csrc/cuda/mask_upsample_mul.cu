@@ -270,7 +270,13 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
   const bool linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
   const c10::cuda::CUDAGuard guard(feat_in.device());
   const at::Tensor feat = feat_in.contiguous();
-  const at::Tensor grad = grad_out_in.to(feat.scalar_type()).contiguous();
+  // A gradient that is one value per (n, c) plane (the expand of .mean((2, 3)) or .sum()) is read
+  // as [N, C] rows, as with pool but with a scale of 1: its [N, C, H, W] expand is never copied.
+  const bool constant_planes = !pool && (grad_out_in.size(2) == 1 || grad_out_in.stride(2) == 0) &&
+                               (grad_out_in.size(3) == 1 || grad_out_in.stride(3) == 0);
+  const bool row_grad = pool || constant_planes;
+  const at::Tensor grad =
+      (constant_planes ? grad_out_in.select(3, 0).select(2, 0) : grad_out_in).to(feat.scalar_type()).contiguous();
   const at::ScalarType acc = acc_type(feat.scalar_type());
   const at::Tensor mask = mask_in.to(acc).contiguous();
   const int64_t N = feat.size(0), C = feat.size(1), Cm = mask.size(1);
@@ -281,7 +287,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
     using acc_t = at::opmath_type<scalar_t>;
     const Geometry<acc_t> g = geometry<acc_t>(feat, mask, linear);
     const int64_t HW = g.H * g.W;
-    const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+    const acc_t inv_hw = pool ? acc_t(1) / static_cast<acc_t>(HW) : acc_t(1);
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
     const scalar_t* fd = feat.const_data_ptr<scalar_t>();
     const acc_t* md = mask.const_data_ptr<acc_t>();
@@ -290,7 +296,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
       if (!gfd) return;
       const int64_t cpt = Cm == 1 ? kChannelsPerThread : 1;
       const int64_t total = N * ((C + cpt - 1) / cpt) * HW;
-      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(gd, pool, inv_hw, md, gfd, g,
+      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(gd, row_grad, inv_hw, md, gfd, g,
                                                                                          cpt, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -299,14 +305,14 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
     const int64_t mask_total = grad_mask.numel();
     if (Cm != 1) {
       grad_mask_kernel<scalar_t, acc_t><<<blocks_for(mask_total), kThreads, 0, stream>>>(
-          nullptr, gd, pool, inv_hw, fd, md, gfd, gmd, g, mask_total);
+          nullptr, gd, row_grad, inv_hw, fd, md, gfd, gmd, g, mask_total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
     at::Tensor partial = at::empty({N, chunks, HW}, mask.options());
     channel_chunk_sum_kernel<scalar_t, acc_t><<<blocks_for(partial.numel()), kThreads, 0, stream>>>(
-        gd, pool, inv_hw, fd, md, gfd, partial.mutable_data_ptr<acc_t>(), g, chunks, partial.numel());
+        gd, row_grad, inv_hw, fd, md, gfd, partial.mutable_data_ptr<acc_t>(), g, chunks, partial.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor G = partial;
     if (chunks > 1) {
@@ -316,7 +322,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     grad_mask_kernel<scalar_t, acc_t><<<blocks_for(mask_total), kThreads, 0, stream>>>(
-        G.const_data_ptr<acc_t>(), gd, pool, inv_hw, fd, md, nullptr, gmd, g, mask_total);
+        G.const_data_ptr<acc_t>(), gd, row_grad, inv_hw, fd, md, nullptr, gmd, g, mask_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (!need_grad_mask) return {grad_feat, at::empty({0}, mask_in.options())};
