@@ -261,18 +261,24 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
                                                                    bool pool, bool need_grad_feat,
                                                                    bool need_grad_mask) {
   const c10::cuda::CUDAGuard guard(feat_in.device());
-  MaskUpsampleMulBackward b =
-      prepare_mask_upsample_mul_backward(grad_out_in, feat_in, mask_in, mode, pool, need_grad_feat, need_grad_mask);
+  MaskUpsampleMulBackward b = prepare_mask_upsample_mul_backward(grad_out_in, feat_in, mask_in, mode, pool,
+                                                                 need_grad_feat, need_grad_mask,
+                                                                 /*reads_grad_strides=*/true);
   const at::Tensor& feat = b.feat;
-  const at::Tensor& grad = b.grad_out;
   const at::Tensor& mask = b.mask;
+  // A gradient that is one value per (n, c) plane (the expand of .mean((2, 3)) or .sum()) is read
+  // as [N, C] rows, as with pool but with a scale of 1: its [N, C, H, W] expand is never copied.
+  const bool constant_planes = !pool && (grad_out_in.size(2) == 1 || grad_out_in.stride(2) == 0) &&
+                               (grad_out_in.size(3) == 1 || grad_out_in.stride(3) == 0);
+  const bool row_grad = pool || constant_planes;
+  const at::Tensor grad = (constant_planes ? b.grad_out.select(3, 0).select(2, 0) : b.grad_out).contiguous();
   const int64_t N = feat.size(0), C = feat.size(1), Cm = mask.size(1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Geometry<acc_t> g = geometry<acc_t>(feat, mask, b.linear);
     const int64_t HW = g.HW;
-    const acc_t inv_hw = g.inv_hw;
+    const acc_t inv_hw = pool ? g.inv_hw : acc_t(1);
     at::Tensor& grad_feat = b.grad_feat;
     at::Tensor& grad_mask = b.grad_mask;
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
@@ -283,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
       if (!gfd) return;
       const int64_t cpt = Cm == 1 ? kChannelsPerThread : 1;
       const int64_t total = N * ((C + cpt - 1) / cpt) * HW;
-      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(gd, pool, inv_hw, md, gfd, g,
+      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(gd, row_grad, inv_hw, md, gfd, g,
                                                                                          cpt, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
@@ -292,14 +298,14 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
     const int64_t mask_total = grad_mask.numel();
     if (Cm != 1) {
       grad_mask_kernel<scalar_t, acc_t><<<blocks_for(mask_total), kThreads, 0, stream>>>(
-          nullptr, gd, pool, inv_hw, fd, md, gfd, gmd, g, mask_total);
+          nullptr, gd, row_grad, inv_hw, fd, md, gfd, gmd, g, mask_total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
     at::Tensor partial = at::empty({N, chunks, HW}, mask.options());
     channel_chunk_sum_kernel<scalar_t, acc_t><<<blocks_for(partial.numel()), kThreads, 0, stream>>>(
-        gd, pool, inv_hw, fd, md, gfd, partial.mutable_data_ptr<acc_t>(), g, chunks, partial.numel());
+        gd, row_grad, inv_hw, fd, md, gfd, partial.mutable_data_ptr<acc_t>(), g, chunks, partial.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     at::Tensor G = partial;
     if (chunks > 1) {
@@ -309,7 +315,7 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     grad_mask_kernel<scalar_t, acc_t><<<blocks_for(mask_total), kThreads, 0, stream>>>(
-        G.const_data_ptr<acc_t>(), gd, pool, inv_hw, fd, md, nullptr, gmd, g, mask_total);
+        G.const_data_ptr<acc_t>(), gd, row_grad, inv_hw, fd, md, nullptr, gmd, g, mask_total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return mask_upsample_mul_gradients(b, mask_in);

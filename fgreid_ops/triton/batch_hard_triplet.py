@@ -195,7 +195,7 @@ def _pair_distance_kernel(
 def _pair_backward_kernel(
     a_ptr, b_ptr, idx_p_ptr, idx_n_ptr, gp_ptr, gn_ptr, dp_ptr, dn_ptr,
     grad_a_ptr, contrib_p_ptr, contrib_n_ptr, B, D,
-    stride_ab, stride_ad, stride_bb, stride_bd,
+    stride_ab, stride_ad, stride_bb, stride_bd, stride_gp, stride_gn,
     COSINE: tl.constexpr, SQUARED: tl.constexpr, NEED_REF: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -208,8 +208,9 @@ def _pair_backward_kernel(
     i_n = tl.load(idx_n_ptr + rows, mask=row_ok, other=-1)
     ok_p = row_ok & (ip >= 0)
     ok_n = row_ok & (i_n >= 0)
-    cp = tl.load(gp_ptr + rows, mask=ok_p, other=0.0).to(ACC)
-    cn = tl.load(gn_ptr + rows, mask=ok_n, other=0.0).to(ACC)
+    # the gradients are read through their strides (the expand of a .sum() has stride 0)
+    cp = tl.load(gp_ptr + rows * stride_gp, mask=ok_p, other=0.0).to(ACC)
+    cn = tl.load(gn_ptr + rows * stride_gn, mask=ok_n, other=0.0).to(ACC)
     if COSINE:
         cp = -cp
         cn = -cn
@@ -287,9 +288,9 @@ def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, 
     contrib = [emb.new_empty((B, D) if need_ref_grad else (1,), dtype=acc_torch) for _ in range(2)]
     block_b, block_d = _row_blocks(D)
     _pair_backward_kernel[grid((B, block_b))](
-        emb, ref_emb, idx_p.contiguous(), idx_n.contiguous(), grad_d_ap.contiguous(), grad_d_an.contiguous(),
+        emb, ref_emb, idx_p.contiguous(), idx_n.contiguous(), grad_d_ap, grad_d_an,
         d_ap.contiguous(), d_an.contiguous(), grad_emb, contrib[0], contrib[1], B, D,
-        emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1),
+        emb.stride(0), emb.stride(1), ref_emb.stride(0), ref_emb.stride(1), grad_d_ap.stride(0), grad_d_an.stride(0),
         COSINE=distance == "cosine", SQUARED=distance == "sqeuclidean", NEED_REF=need_ref_grad, ACC=acc_tl,
         BLOCK_B=block_b, BLOCK_D=block_d,
     )

@@ -50,7 +50,7 @@ def _gem_fwd_kernel(
 
 @triton.jit
 def _gem_bwd_kernel(
-    grad_ptr, x_ptr, p_ptr, grad_x_ptr, grad_p_ptr, R, C, HW, W,
+    grad_ptr, x_ptr, p_ptr, grad_x_ptr, grad_p_ptr, R, C, HW, W, grad_stride_n, grad_stride_c,
     stride_n, stride_c, stride_h, stride_w, gstride_n, gstride_c, gstride_h, gstride_w, eps,
     NEED_GRAD_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_HW: tl.constexpr, ACC: tl.constexpr,
 ):
@@ -76,7 +76,9 @@ def _gem_bwd_kernel(
         acc, comp = _kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
     s = tl.where(row_mask, tl.sum(acc, axis=1), 1.0)
     log_m = tl.log(s / HW)
-    g_y = tl.load(grad_ptr + rows, mask=row_mask, other=0.0).to(ACC) * tl.exp(log_m / p)
+    # grad_out read through its strides (the expand of a .sum() has stride 0)
+    g = tl.load(grad_ptr + n * grad_stride_n + c * grad_stride_c, mask=row_mask, other=0.0).to(ACC)
+    g_y = g * tl.exp(log_m / p)
     coef = g_y / s
     acc = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
     comp = tl.zeros([BLOCK_R, BLOCK_HW], dtype=ACC)
@@ -132,8 +134,8 @@ def gem_triton_backward(grad_out, x, p, eps, need_grad_p):
     grad_p_rows = x.new_empty((N, C) if need_grad_p else (0,), dtype=acc_torch)
     block_r, block_hw = _blocks(H * W)
     _gem_bwd_kernel[grid((N * C, block_r))](
-        grad_out.contiguous(), x, _per_channel(p, C, x), grad_x, grad_p_rows,
-        N * C, C, H * W, W, *x.stride(), *grad_x.stride(), eps,
+        grad_out, x, _per_channel(p, C, x), grad_x, grad_p_rows,
+        N * C, C, H * W, W, *grad_out.stride(), *x.stride(), *grad_x.stride(), eps,
         NEED_GRAD_P=need_grad_p, BLOCK_R=block_r, BLOCK_HW=block_hw,
         ACC=acc_tl,
     )
