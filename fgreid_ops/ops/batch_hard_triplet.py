@@ -46,7 +46,7 @@ def check_mine_inputs(emb, labels, ref_emb, ref_labels, distance):
     checks.check_tensor(_OP, "ref_emb", ref_emb)
     checks.check_dim(_OP, "ref_emb", ref_emb, 2, "(M, D)")
     if ref_emb.dtype != emb.dtype:
-        raise TypeError(f"fgreid_ops.{_OP}: expected ref_emb to have the dtype of emb ({emb.dtype}), got {ref_emb.dtype}")
+        raise TypeError(f"fgreid_ops.{_OP}: expected ref_emb to have the same dtype as emb ({emb.dtype}), got {ref_emb.dtype}")
     checks.check_same_device(_OP, "ref_emb", ref_emb, "emb", emb)
     checks.check_nonempty_batch(_OP, "ref_emb", ref_emb)
     if ref_emb.shape[1] != emb.shape[1]:
