@@ -23,6 +23,13 @@ namespace {
 
 constexpr int64_t kChannelBlock = 64;
 
+template <typename acc_t>
+std::vector<acc_t> exponent_vector(const at::Tensor& p, const at::Tensor& x) {
+  const at::Tensor p_acc = fgreid_ops::exponents_per_channel(p, x);
+  const acc_t* data = p_acc.const_data_ptr<acc_t>();
+  return std::vector<acc_t>(data, data + x.size(1));
+}
+
 template <typename acc_t, typename scalar_t>
 acc_t clamp_min_eps(scalar_t v, acc_t eps) {
   const acc_t a = static_cast<acc_t>(v);
@@ -106,10 +113,10 @@ void channel_sums(int64_t HW, int64_t cn, acc_t* sum, const AddPosition& add_pos
 }
 
 template <typename scalar_t>
-void gem_forward_kernel(const at::Tensor& x, const at::Tensor& p_acc, double eps_d, at::Tensor& out) {
+void gem_forward_kernel(const at::Tensor& x, const at::Tensor& p, double eps_d, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const acc_t* pc = p_acc.const_data_ptr<acc_t>();
+  const auto pc = exponent_vector<acc_t>(p, x);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
@@ -156,12 +163,12 @@ struct GemRowGrad {
 };
 
 template <typename scalar_t>
-void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& p_acc,
+void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& p,
                          double eps_d, bool need_grad_p, at::Tensor& grad_x,
                          at::Tensor& grad_p_rows) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const acc_t* pc = p_acc.const_data_ptr<acc_t>();
+  const auto pc = exponent_vector<acc_t>(p, x);
   const acc_t eps = static_cast<acc_t>(eps_d);
   const scalar_t* xd = x.const_data_ptr<scalar_t>();
   const scalar_t* gd = grad_out.const_data_ptr<scalar_t>();
@@ -205,7 +212,7 @@ void gem_backward_kernel(const at::Tensor& grad_out, const at::Tensor& x, const 
 at::Tensor gem_cpu(const at::Tensor& x, const at::Tensor& p, double eps) {
   GemForward f = prepare_gem(x, p, eps, /*reads_channels_last=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_cpu", [&] {
-    gem_forward_kernel<scalar_t>(f.x, f.p_acc, eps, f.out);
+    gem_forward_kernel<scalar_t>(f.x, p, eps, f.out);
   });
   return f.out;
 }
@@ -214,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out, 
                                                     const at::Tensor& p, double eps, bool need_grad_p) {
   GemBackward b = prepare_gem_backward(grad_out, x, p, eps, need_grad_p, /*reads_channels_last=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gem_backward_cpu", [&] {
-    gem_backward_kernel<scalar_t>(b.grad_out, b.x, b.p_acc, eps, need_grad_p, b.grad_x, b.grad_p_rows);
+    gem_backward_kernel<scalar_t>(b.grad_out, b.x, p, eps, need_grad_p, b.grad_x, b.grad_p_rows);
   });
   return {b.grad_x, b.grad_p_rows};
 }
