@@ -10,7 +10,7 @@ work=${1:-$(mktemp -d)}
 start=$(date +%s)
 
 cmake -S . -B "$work/asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFGREID_SANITIZE=ON -DFGREID_PYTHON_MODULE=ON \
-  -DPython_EXECUTABLE="$(command -v python)" \
+  -DFGREID_PYTHON_INCLUDE_DIR="$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
   -DCMAKE_PREFIX_PATH="$(python -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" >/dev/null
 cmake --build "$work/asan" -j "${MAX_JOBS:-2}"
 echo "sanitize: built in $(( $(date +%s) - start )) s"

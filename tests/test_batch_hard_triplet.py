@@ -385,7 +385,7 @@ BAD_INPUTS = [
     ("labels to be int64", _bad(labels=torch.zeros(4, dtype=torch.int32)), TypeError),
     ("labels of shape [4]", _bad(labels=torch.zeros(3, dtype=torch.int64)), ValueError),
     ("ref_emb to be 2-D", _bad(ref_emb=torch.rand(5)), ValueError),
-    ("ref_emb to have the dtype of emb", _bad(ref_emb=torch.rand(5, 3, dtype=torch.float64)), TypeError),
+    ("ref_emb to have the same dtype as emb", _bad(ref_emb=torch.rand(5, 3, dtype=torch.float64)), TypeError),
     ("ref_emb to have a non-empty batch", _bad(ref_emb=torch.rand(0, 3), ref_labels=torch.zeros(0, dtype=torch.int64)), ValueError),
     ("ref_emb of width D=3", _bad(ref_emb=torch.rand(5, 4)), ValueError),
     ("ref_labels to be int64", _bad(ref_labels=torch.zeros(5)), TypeError),

@@ -486,7 +486,7 @@ def test_count_and_finalize_reject_bad_match_lists():
     for op in ops:
         with pytest.raises((ValueError, RuntimeError), match="expected match_offsets"):
             op(*count_args(bad))
-        with pytest.raises((TypeError, RuntimeError), match="expected match_dist to have the dtype of dist"):
+        with pytest.raises((TypeError, RuntimeError), match="expected match_dist to have the same dtype as dist"):
             op(*count_args(offsets, match_dist.double()))
         with pytest.raises((ValueError, RuntimeError), match="expected match_offsets of shape"):
             op(*count_args(offsets[:-1]))

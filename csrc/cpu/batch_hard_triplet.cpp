@@ -27,6 +27,7 @@
 
 #include "fgreid_ops/batch_hard_triplet_checks.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/registration.h"
 
 namespace fgreid_ops {
 namespace {
@@ -494,9 +495,6 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_mine_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
-  m.impl("batch_hard_triplet_mine", &batch_hard_triplet_mine_cpu);
-  m.impl("batch_hard_triplet_mine_backward", &batch_hard_triplet_mine_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) { register_forward_backward<&batch_hard_triplet_mine_cpu, &batch_hard_triplet_mine_backward_cpu>(m, "batch_hard_triplet_mine"); }
 
 }  // namespace fgreid_ops

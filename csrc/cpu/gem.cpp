@@ -17,6 +17,7 @@
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/gem_checks.h"
 #include "fgreid_ops/grad_planes.h"
+#include "fgreid_ops/registration.h"
 
 namespace fgreid_ops {
 namespace {
@@ -229,9 +230,6 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cpu(const at::Tensor& grad_out, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
-  m.impl("gem", &gem_cpu);
-  m.impl("gem_backward", &gem_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) { register_forward_backward<&gem_cpu, &gem_backward_cpu>(m, "gem"); }
 
 }  // namespace fgreid_ops

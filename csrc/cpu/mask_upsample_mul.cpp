@@ -29,6 +29,7 @@
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/grad_planes.h"
 #include "fgreid_ops/mask_upsample_mul_checks.h"
+#include "fgreid_ops/registration.h"
 #include "fgreid_ops/upsample_index.h"
 
 namespace fgreid_ops {
@@ -418,9 +419,6 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cpu(const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
-  m.impl("mask_upsample_mul", &mask_upsample_mul_cpu);
-  m.impl("mask_upsample_mul_backward", &mask_upsample_mul_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) { register_forward_backward<&mask_upsample_mul_cpu, &mask_upsample_mul_backward_cpu>(m, "mask_upsample_mul"); }
 
 }  // namespace fgreid_ops

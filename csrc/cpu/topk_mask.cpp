@@ -30,6 +30,7 @@
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/grad_planes.h"
 #include "fgreid_ops/order_key.h"
+#include "fgreid_ops/registration.h"
 #include "fgreid_ops/topk_mask_checks.h"
 
 namespace fgreid_ops {
@@ -470,9 +471,6 @@ at::Tensor topk_mask_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CPU, m) {
-  m.impl("topk_mask", &topk_mask_cpu);
-  m.impl("topk_mask_backward", &topk_mask_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(fgreid, CPU, m) { register_forward_backward<&topk_mask_cpu, &topk_mask_backward_cpu>(m, "topk_mask"); }
 
 }  // namespace fgreid_ops

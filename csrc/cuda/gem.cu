@@ -15,11 +15,13 @@
 
 #include "fgreid_ops/cuda_utils.cuh"
 #include "fgreid_ops/gem_checks.h"
+#include "fgreid_ops/registration.h"
 
 namespace fgreid_ops {
 namespace {
 
 constexpr int kWarpsPerBlock = 8;
+constexpr int kThreads = kWarpsPerBlock * kWarpSize;
 
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t clamped(scalar_t raw, acc_t eps) {
@@ -91,34 +93,28 @@ unsigned int num_blocks(int64_t rows) { return grid_size(rows, kWarpsPerBlock, s
 at::Tensor gem_cuda(const at::Tensor& x_in, const at::Tensor& p, double eps) {
   const c10::cuda::CUDAGuard guard(x_in.device());
   GemForward f = prepare_gem(x_in, p, eps, /*reads_channels_last=*/false);
-  const int64_t N = f.x.size(0), C = f.x.size(1), HW = f.x.size(2) * f.x.size(3);
-  const at::Tensor pc = exponents_per_channel(p, f.x);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "gem_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gem_forward_kernel<scalar_t, acc_t><<<num_blocks(N * C), kWarpsPerBlock * kWarpSize, 0, stream>>>(
-        f.x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(), f.out.mutable_data_ptr<scalar_t>(), N * C, C,
-        HW, static_cast<acc_t>(eps));
+    gem_forward_kernel<scalar_t, acc_t><<<num_blocks(f.rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        f.x.const_data_ptr<scalar_t>(), f.p_acc.const_data_ptr<acc_t>(), f.out.mutable_data_ptr<scalar_t>(), f.rows,
+        f.C, f.HW, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return f.out;
 }
 
+// The kernel walks contiguous NCHW; grad_x then follows the layout rule of the CPU kernel and the
+// fake: channels_last in, channels_last out.
 std::tuple<at::Tensor, at::Tensor> gem_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x_in,
                                                      const at::Tensor& p, double eps, bool need_grad_p) {
   const c10::cuda::CUDAGuard guard(x_in.device());
-  // The kernel walks contiguous NCHW; grad_x then follows the layout rule of the CPU kernel and
-  // the fake: channels_last in, channels_last out.
   GemBackward b = prepare_gem_backward(grad_out, x_in, p, eps, need_grad_p, /*reads_channels_last=*/false);
-  const int64_t N = b.x.size(0), C = b.x.size(1), HW = b.x.size(2) * b.x.size(3);
-  const at::Tensor pc = exponents_per_channel(p, b.x);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.x.scalar_type(), "gem_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gem_backward_kernel<scalar_t, acc_t><<<num_blocks(N * C), kWarpsPerBlock * kWarpSize, 0, stream>>>(
-        b.grad_out.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), pc.const_data_ptr<acc_t>(),
-        b.grad_x.mutable_data_ptr<scalar_t>(), need_grad_p ? b.grad_p_rows.mutable_data_ptr<acc_t>() : nullptr,
-        N * C, C, HW, static_cast<acc_t>(eps));
+    acc_t* grad_p_rows = need_grad_p ? b.grad_p_rows.mutable_data_ptr<acc_t>() : nullptr;
+    gem_backward_kernel<scalar_t, acc_t><<<num_blocks(b.rows), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        b.grad_out.const_data_ptr<scalar_t>(), b.x.const_data_ptr<scalar_t>(), b.p_acc.const_data_ptr<acc_t>(),
+        b.grad_x.mutable_data_ptr<scalar_t>(), grad_p_rows, b.rows, b.C, b.HW, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   at::Tensor grad_x = is_channels_last_4d(x_in) ? b.grad_x.contiguous(at::MemoryFormat::ChannelsLast) : b.grad_x;
@@ -127,9 +123,6 @@ std::tuple<at::Tensor, at::Tensor> gem_backward_cuda(const at::Tensor& grad_out,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CUDA, m) {
-  m.impl("gem", &gem_cuda);
-  m.impl("gem_backward", &gem_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fgreid, CUDA, m) { register_forward_backward<&gem_cuda, &gem_backward_cuda>(m, "gem"); }
 
 }  // namespace fgreid_ops

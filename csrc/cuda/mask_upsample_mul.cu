@@ -22,6 +22,7 @@
 
 #include "fgreid_ops/cuda_utils.cuh"
 #include "fgreid_ops/mask_upsample_mul_checks.h"
+#include "fgreid_ops/registration.h"
 #include "fgreid_ops/upsample_index.h"
 
 namespace fgreid_ops {
@@ -225,34 +226,35 @@ Geometry<acc_t> geometry(const at::Tensor& feat, const at::Tensor& mask, bool li
   return g;
 }
 
+// out = src * up(mask) at every pixel; src is feat, or the gradient (with row_values one value per
+// (n, c) row times scale: 1 / (H W) with pool, 1 for a gradient constant over each plane).
+template <typename scalar_t, typename acc_t>
+void launch_scale_by_mask(const scalar_t* src, bool row_values, acc_t scale, const acc_t* mask, scalar_t* out,
+                          const Geometry<acc_t>& g, cudaStream_t stream) {
+  const int64_t cpt = g.Cm == 1 ? kChannelsPerThread : 1;
+  const int64_t total = g.N * ((g.C + cpt - 1) / cpt) * g.HW;
+  scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(src, row_values, scale, mask, out, g,
+                                                                                     cpt, total);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor mask_upsample_mul_cuda(const at::Tensor& feat_in, const at::Tensor& mask_in, std::string_view mode,
                                   bool pool) {
   const c10::cuda::CUDAGuard guard(feat_in.device());
   MaskUpsampleMulForward f = prepare_mask_upsample_mul(feat_in, mask_in, mode, pool);
-  const at::Tensor& feat = f.feat;
-  const at::Tensor& mask = f.mask;
-  at::Tensor& out = f.out;
-  const int64_t N = feat.size(0), C = feat.size(1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.feat.scalar_type(), "mask_upsample_mul_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const Geometry<acc_t> g = geometry<acc_t>(feat, mask, f.linear);
-    const int64_t HW = g.HW;
-    const acc_t inv_hw = g.inv_hw;
-    if (pool) {
-      pool_kernel<scalar_t, acc_t><<<grid_size(N * C, kWarpsPerBlock, INT32_MAX), kThreads, 0, stream>>>(
-          feat.const_data_ptr<scalar_t>(), mask.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), g, inv_hw);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    } else {
-      const int64_t cpt = g.Cm == 1 ? kChannelsPerThread : 1;
-      const int64_t total = N * ((C + cpt - 1) / cpt) * HW;
-      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
-          feat.const_data_ptr<scalar_t>(), false, inv_hw, mask.const_data_ptr<acc_t>(),
-          out.mutable_data_ptr<scalar_t>(), g, cpt, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    const Geometry<acc_t> g = geometry<acc_t>(f.feat, f.mask, f.linear);
+    const scalar_t* fd = f.feat.const_data_ptr<scalar_t>();
+    const acc_t* md = f.mask.const_data_ptr<acc_t>();
+    scalar_t* od = f.out.mutable_data_ptr<scalar_t>();
+    if (!pool) return launch_scale_by_mask(fd, false, g.inv_hw, md, od, g, stream);
+    pool_kernel<scalar_t, acc_t><<<grid_size(g.N * g.C, kWarpsPerBlock, INT32_MAX), kThreads, 0, stream>>>(
+        fd, md, od, g, g.inv_hw);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return f.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Tensor& grad_out_in,
@@ -272,31 +274,24 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
                                (grad_out_in.size(3) == 1 || grad_out_in.stride(3) == 0);
   const bool row_grad = pool || constant_planes;
   const at::Tensor grad = (constant_planes ? b.grad_out.select(3, 0).select(2, 0) : b.grad_out).contiguous();
-  const int64_t N = feat.size(0), C = feat.size(1), Cm = mask.size(1);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feat.scalar_type(), "mask_upsample_mul_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.feat.scalar_type(), "mask_upsample_mul_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const Geometry<acc_t> g = geometry<acc_t>(feat, mask, b.linear);
-    const int64_t HW = g.HW;
+    const int64_t N = g.N, C = g.C, HW = g.HW;
     const acc_t inv_hw = pool ? g.inv_hw : acc_t(1);
-    at::Tensor& grad_feat = b.grad_feat;
     at::Tensor& grad_mask = b.grad_mask;
     const scalar_t* gd = grad.const_data_ptr<scalar_t>();
-    const scalar_t* fd = feat.const_data_ptr<scalar_t>();
+    const scalar_t* fd = b.feat.const_data_ptr<scalar_t>();
     const acc_t* md = mask.const_data_ptr<acc_t>();
-    scalar_t* gfd = need_grad_feat ? grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* gfd = need_grad_feat ? b.grad_feat.mutable_data_ptr<scalar_t>() : nullptr;
     if (!need_grad_mask) {
-      if (!gfd) return;
-      const int64_t cpt = Cm == 1 ? kChannelsPerThread : 1;
-      const int64_t total = N * ((C + cpt - 1) / cpt) * HW;
-      scale_by_mask_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(gd, row_grad, inv_hw, md, gfd, g,
-                                                                                         cpt, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (gfd) launch_scale_by_mask(gd, row_grad, inv_hw, md, gfd, g, stream);
       return;
     }
     acc_t* gmd = grad_mask.mutable_data_ptr<acc_t>();
     const int64_t mask_total = grad_mask.numel();
-    if (Cm != 1) {
+    if (g.Cm != 1) {
       grad_mask_kernel<scalar_t, acc_t><<<blocks_for(mask_total), kThreads, 0, stream>>>(
           nullptr, gd, row_grad, inv_hw, fd, md, gfd, gmd, g, mask_total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -323,9 +318,6 @@ std::tuple<at::Tensor, at::Tensor> mask_upsample_mul_backward_cuda(const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CUDA, m) {
-  m.impl("mask_upsample_mul", &mask_upsample_mul_cuda);
-  m.impl("mask_upsample_mul_backward", &mask_upsample_mul_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fgreid, CUDA, m) { register_forward_backward<&mask_upsample_mul_cuda, &mask_upsample_mul_backward_cuda>(m, "mask_upsample_mul"); }
 
 }  // namespace fgreid_ops

@@ -26,6 +26,7 @@
 
 #include "fgreid_ops/cuda_utils.cuh"
 #include "fgreid_ops/order_key.h"
+#include "fgreid_ops/registration.h"
 #include "fgreid_ops/topk_mask_checks.h"
 
 namespace fgreid_ops {
@@ -413,9 +414,6 @@ at::Tensor topk_mask_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fgreid, CUDA, m) {
-  m.impl("topk_mask", &topk_mask_cuda);
-  m.impl("topk_mask_backward", &topk_mask_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(fgreid, CUDA, m) { register_forward_backward<&topk_mask_cuda, &topk_mask_backward_cuda>(m, "topk_mask"); }
 
 }  // namespace fgreid_ops

@@ -22,10 +22,16 @@ inline void check_gem_inputs(const at::Tensor& x, const at::Tensor& p, double ep
   TORCH_CHECK_VALUE(eps > 0, "fgreid_ops.", op, ": expected eps > 0, got ", eps);
 }
 
+// p broadcast to one exponent per channel, in the accumulation dtype.
+inline at::Tensor exponents_per_channel(const at::Tensor& p, const at::Tensor& x) {
+  return p.to(acc_dtype(x)).expand({x.size(1)}).contiguous();
+}
+
 // x as the kernel reads it (contiguous, or channels_last where the backend walks that layout in
-// place) and the output [N, C].
+// place), p per channel in the accumulation dtype, the row geometry and the output [N, C].
 struct GemForward {
-  at::Tensor x, out;
+  at::Tensor x, p_acc, out;
+  int64_t rows, C, HW;
 };
 
 inline GemForward prepare_gem(const at::Tensor& x_in, const at::Tensor& p, double eps,
@@ -33,7 +39,9 @@ inline GemForward prepare_gem(const at::Tensor& x_in, const at::Tensor& p, doubl
   check_gem_inputs(x_in, p, eps);
   GemForward f;
   f.x = reads_channels_last ? contiguous_or_channels_last(x_in) : x_in.contiguous();
+  f.p_acc = exponents_per_channel(p, x_in);
   f.out = at::empty({x_in.size(0), x_in.size(1)}, x_in.options());
+  f.rows = x_in.size(0) * x_in.size(1), f.C = x_in.size(1), f.HW = x_in.size(2) * x_in.size(3);
   return f;
 }
 
@@ -41,7 +49,8 @@ inline GemForward prepare_gem(const at::Tensor& x_in, const at::Tensor& p, doubl
 // channels_last out, else contiguous), and dL/dp per (n, c) row in the accumulation dtype, or an
 // empty tensor when p needs no gradient (the fake in fgreid_ops/ops/gem.py allocates the same).
 struct GemBackward {
-  at::Tensor grad_out, x, grad_x, grad_p_rows;
+  at::Tensor grad_out, x, p_acc, grad_x, grad_p_rows;
+  int64_t rows, C, HW;
 };
 
 inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Tensor& x_in,
@@ -62,12 +71,9 @@ inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Te
   b.grad_x = reads_channels_last ? empty_in_layout_of(b.x) : at::empty(x_in.sizes(), x_in.options());
   b.grad_p_rows = at::empty(need_grad_p ? at::IntArrayRef{x_in.size(0), x_in.size(1)} : at::IntArrayRef{0},
                             x_in.options().dtype(acc_dtype(x_in)));
+  b.p_acc = exponents_per_channel(p, x_in);
+  b.rows = x_in.size(0) * x_in.size(1), b.C = x_in.size(1), b.HW = x_in.size(2) * x_in.size(3);
   return b;
-}
-
-// p broadcast to one exponent per channel, in the accumulation dtype.
-inline at::Tensor exponents_per_channel(const at::Tensor& p, const at::Tensor& x) {
-  return p.to(acc_dtype(x)).expand({x.size(1)}).contiguous();
 }
 
 }  // namespace fgreid_ops
