@@ -250,6 +250,10 @@ def main(argv=None) -> dict:
     split = args.split if args.split is not None else cfg.get("split", 0)
     data = load_dataset(name, root, split=split)
     launch.log(data.summary())
+    if args.visualize_ranks and launch.distributed and data.name not in ("mars", "fgpr"):
+        # the sharded evaluation never holds the whole gallery's features on one rank
+        raise SystemExit("python_models.evaluate: --visualize-ranks needs one process (the gallery is sharded "
+                         "under torchrun); run it without torchrun")
     on_features = None
     if args.visualize_ranks and launch.main:
         from .visualize import rank_visualizer
