@@ -237,7 +237,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference", action="store_true", help="run every op through its plain-PyTorch reference")
     parser.add_argument("--json", default=None, help="also write the metrics to this file")
     parser.add_argument("--visualize-ranks", metavar="DIR", default=None,
-                        help="write per query a PNG of its top-10 gallery items (green: match, red: not) into DIR")
+                        help="write per query a PNG of its top-10 gallery items (green: match, red: not) into DIR "
+                             "(one process: not under torchrun)")
     parser.add_argument("--num-queries", type=int, default=None, metavar="N",
                         help="with --visualize-ranks: only the first N queries (default: all)")
     args = parser.parse_args(argv)

@@ -145,7 +145,7 @@ def test_torchrun_trains_resumes_and_evaluates(market_root, tmp_path):
     result = json.load(open(os.path.join(out, "result.json")))
     assert len(result["history"]["hsl"]) == len(result["history"]["main"]) == 2
     assert result["metrics"]["num_skipped"] == 0 and len(result["metrics"]["cmc"]) == 17
-    assert sorted(os.listdir(out)) == ["last.pt", "result.json"]
+    assert sorted(os.listdir(out)) == ["curves.png", "last.pt", "result.json"]
     assert torch.load(os.path.join(out, "last.pt"), weights_only=False)["epoch"] == 1
 
     # --resume on every rank: one more epoch from the checkpoint
