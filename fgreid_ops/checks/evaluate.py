@@ -88,8 +88,7 @@ def check_count_inputs(dist, q_pids, g_pids, g_start, offsets, index, match_dist
     if g_start < 0:
         raise ValueError(f"fgreid_ops.{op}: expected g_start >= 0, got {g_start}")
     check_lists(op, offsets, index, match_dist, counts, dist.shape[0])
-    if match_dist.dtype != dist.dtype:
-        raise TypeError(f"fgreid_ops.{op}: expected match_dist to have the dtype of dist ({dist.dtype}), got {match_dist.dtype}")
+    checks.check_same_dtype(op, "match_dist", match_dist, "dist", dist)
     checks.check_same_device(op, "match_offsets", offsets, "dist", dist)
     check_junk(op, junk_pid)
 
