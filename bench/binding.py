@@ -4,7 +4,8 @@
 the timed calls replaced by spies: every public op (``fgreid_ops.<op>``), every reference
 (``fgreid_ops.reference.*``), every ``nn.Module`` call (whole models) and onnxruntime sessions
 record the shape and dtype of each tensor they receive and return a cheap stand-in (connected to
-the inputs, so backward providers run too). ``compiled`` returns its function unchanged: what is
+the inputs, so backward providers run too); a dense output gradient a backward provider sends counts
+as a tensor it reaches. ``compiled`` returns its function unchanged: what is
 checked is what reaches the op, not Dynamo. A tensor returned by a spy (an intermediate, e.g. the
 distance matrix between two references) is not an input. The check fails if a provider reaches a
 tensor whose shape/dtype its case does not state, misses one it states, reaches a tensor that is
@@ -48,9 +49,13 @@ def _specs(values, produced, out, tensors):
             out.add((tuple(v.shape), torch.from_numpy(v[:0] if v.ndim else v.reshape(1)[:0]).dtype))
 
 
+STAND_IN_SHAPE = (1,) * 8  # one element, enough dims for a provider to index and reduce the result
+
+
 def _stand_in(values):
-    """A tiny tensor that depends on every floating input requiring grad (so that a backward
-    provider runs), else a zero."""
+    """A one-element tensor that depends on every floating input requiring grad (so that a
+    backward provider runs), else a zero; shaped STAND_IN_SHAPE so that a provider can go on
+    computing on it (e.g. ``reference(...)[0].mean((2, 3))``)."""
     tensors = []
 
     def collect(vs):
@@ -65,9 +70,9 @@ def _stand_in(values):
     collect(values)
     grads = [t for t in tensors if t.requires_grad and t.numel()]
     if grads:
-        return sum(t[(0,) * t.dim()].float() for t in grads)
+        return sum(t[(0,) * t.dim()].float() for t in grads).reshape(STAND_IN_SHAPE)
     device = tensors[0].device if tensors else "cpu"
-    return torch.zeros((), device=device)
+    return torch.zeros(STAND_IN_SHAPE, device=device)
 
 
 class Log:
@@ -77,6 +82,12 @@ class Log:
     def clear(self):
         self.calls.clear()
         self.produced.clear()
+
+    def reach(self, name, tensors):
+        """Records tensors a provider hands to autograd (a dense output gradient) as reached."""
+        seen, reached = set(), []
+        _specs(tensors, self.produced, seen, reached)
+        self.calls.append((name, seen, reached))
 
     def record(self, name, args, kwargs):
         seen, tensors = set(), []
@@ -140,6 +151,11 @@ def spy():
     def module_call(self, *args, **kwargs):
         return log.record(type(self).__name__, args, kwargs)
 
+    def output_grads(outs, grad):  # the outputs are stand-ins: a dense gradient is recorded, not applied
+        if isinstance(grad, torch.Tensor):
+            log.reach("output gradient", [grad])
+        return tuple(torch.ones_like(o) for o in outs)
+
     spies = {name: make_spy(name) for name in originals}
     modules = [fgreid_ops, fgreid_ops.reference, common] + [
         m for n, m in list(sys.modules.items()) if n == "cases" or n.startswith("cases.")]
@@ -152,6 +168,7 @@ def spy():
                 elif value is common.compiled and module is not common:
                     patch(namespace, attr, _identity)
         patch(vars(common), "compiled", _identity)
+        patch(vars(common), "output_grads", output_grads)
         patch(torch.nn.Module, "__call__", module_call)
         try:
             import onnxruntime

@@ -13,7 +13,9 @@ Providers: "eager" (the plain-PyTorch reference), "compile" (``compiled(referenc
 "fgreid-compile" / "fgreid-onnxruntime". Rules a case follows (tests/test_bench_binding.py
 checks them by calling every provider with the real configs under a spy):
 
-- each provider is ``bound(fn, *inputs)`` or ``bound_backward(fn, *inputs)``; ``fn`` calls the op
+- each provider is ``bound(fn, *inputs)`` or ``bound_backward(fn, *inputs, grad=...)`` (the output
+  gradient: "ones", "gap", "sum", or a dense tensor made once in setup and stated in ``inputs``,
+  e.g. as "grad_out"); ``fn`` calls the op
   as ``fgreid_ops.<op>(...)``, a reference from ``fgreid_ops.reference``, a model, or an
   onnxruntime session, on exactly the tensors ``inputs`` names (no other tensor of the case's
   config may be captured);
@@ -81,17 +83,63 @@ def _tensors(values):
             yield from _tensors(v)
 
 
-def _forward_backward(fn, *args, **kwargs):
+GRADS = ("ones", "gap", "sum", "dense")  # the output-gradient layouts a fwd+bwd case can send
+
+
+def grad_mode(grad: str) -> str:
+    """The mode label of a fwd+bwd case with that output gradient: "fwd+bwd" for all-ones."""
+    return "fwd+bwd" if grad == "ones" else f"fwd+bwd {grad}"
+
+
+def dense_grad(shape, device, dtype=torch.float32, seed=1) -> torch.Tensor:
+    """The "dense" output gradient: seeded random values, made once in setup and bound to the
+    provider (``bound_backward(fn, *inputs, grad=dense_grad(...))``)."""
+    if torch.device(device).type == "meta":
+        return torch.empty(shape, dtype=dtype, device=device)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
+def grad_bytes(grad: str, out_shape, itemsize: int) -> int:
+    """The bytes the backward must read of that output gradient: the whole tensor for ones/dense,
+    one value per plane for gap, one value for sum."""
+    if grad == "gap":
+        return int(torch.Size(out_shape[:-2]).numel()) * itemsize
+    if grad == "sum":
+        return itemsize
+    return int(torch.Size(out_shape).numel()) * itemsize
+
+
+def output_grads(outs, grad):
+    """The gradient sent to each output, as the models send it. ``grad``: "ones" (dense ones),
+    "gap" (the gradient of ``out.mean((-2, -1))``: one value 1/(H·W) per plane, expanded with
+    stride 0 over H, W), "sum" (the gradient of ``out.sum()``: a scalar expanded to the output's
+    shape) or a tensor (the dense gradient of the one differentiable output)."""
+    if isinstance(grad, torch.Tensor):
+        if len(outs) != 1:
+            raise ValueError(f"bench: expected one differentiable output for a dense gradient, got {len(outs)}")
+        return (grad,)
+    if grad == "ones":
+        return tuple(torch.ones_like(o) for o in outs)
+    if grad == "gap":
+        return tuple((torch.ones((*o.shape[:-2], 1, 1), dtype=o.dtype, device=o.device) / (o.shape[-2] * o.shape[-1]))
+                     .expand(o.shape) for o in outs)
+    if grad == "sum":
+        return tuple(torch.ones((), dtype=o.dtype, device=o.device).expand(o.shape) for o in outs)
+    raise ValueError(f"bench: expected grad in {GRADS[:-1]} or a dense tensor, got {grad!r}")
+
+
+def _forward_backward(fn, grad, *args, **kwargs):
     wrt = tuple(t for t in _tensors([*args, *kwargs.values()]) if t.requires_grad)
     out = fn(*args, **kwargs)
     outs = tuple(o for o in _tensors(out if isinstance(out, (tuple, list)) else [out]) if o.requires_grad)
-    return torch.autograd.grad(outs, wrt, tuple(torch.ones_like(o) for o in outs))
+    return torch.autograd.grad(outs, wrt, output_grads(outs, grad))
 
 
-def bound_backward(fn: Callable, *args, **kwargs) -> Bound:
-    """A provider that runs fn(*args, **kwargs) and its backward to the inputs that require grad
-    (all-ones output gradients)."""
-    return Bound(_forward_backward, fn, *args, **kwargs)
+def bound_backward(fn: Callable, *args, grad="ones", **kwargs) -> Bound:
+    """A provider that runs fn(*args, **kwargs) and its backward to the inputs that require grad,
+    with the output gradient ``grad`` (see ``output_grads``; a dense one is a case input too)."""
+    return Bound(_forward_backward, fn, grad, *args, **kwargs)
 
 
 def our_backends(device: str, gpu=("cuda", "triton")) -> dict:

@@ -83,3 +83,32 @@ def test_the_spy_restores_what_it_replaced():
     with binding.spy():
         assert fgreid_ops.gem is not before[0]
     assert (fgreid_ops.gem, torch.nn.Module.__call__, common.compiled) == before
+
+
+def test_the_spy_counts_a_dense_output_gradient_as_a_reached_tensor():
+    import fgreid_ops
+
+    def setup(device):
+        x = torch.rand(4, 8, 2, 2, device=device).requires_grad_()
+        p = torch.tensor([3.0])
+        g = common.dense_grad((4, 8), device)
+        return {"dense": common.bound_backward(fgreid_ops.gem, x, p, grad=g),
+                "gap": common.bound_backward(fgreid_ops.gem, x, p, grad="gap")}
+
+    inputs = {"x": common.spec((4, 8, 2, 2)), "p": common.spec((1,))}
+    with binding.spy() as log:
+        unstated = binding.check(_case(setup, inputs), "cpu", log)
+        stated = binding.check(_case(setup, {**inputs, "grad_out": common.spec((4, 8))}), "cpu", log)
+    assert len(unstated) == 1 and "dense" in unstated[0] and "[4, 8] float32" in unstated[0], unstated
+    assert len(stated) == 1 and "gap" in stated[0] and "[4, 8] float32" in stated[0], stated
+
+
+def test_output_gradients_have_the_models_layouts():
+    out = torch.rand(2, 3, 4, 5)
+    gap, = common.output_grads((out,), "gap")
+    total, = common.output_grads((out,), "sum")
+    assert gap.shape == out.shape and gap.stride() == (3, 1, 0, 0) and torch.all(gap == 1 / 20)
+    assert total.shape == out.shape and total.stride() == (0, 0, 0, 0) and torch.all(total == 1)
+    x = out.clone().requires_grad_()
+    expected, = torch.autograd.grad(x.mean((2, 3)).sum(), x)
+    assert torch.equal(common.bound_backward(torch.mul, x, 1.0, grad="gap")()[0], expected)
