@@ -38,8 +38,8 @@ def gpu_results(results_dir=RESULTS):
             continue
         with open(path) as f:
             data = json.load(f)
-        meta = data["meta"]
-        if meta["device_type"] == "cuda" and meta["size"] != "quick" and sorted(meta["ops"]) == all_ops():
+        meta = data.get("meta")  # other benches' files (rerank_cpu, distributed_evaluate) have none
+        if meta is not None and meta.get("device_type") == "cuda" and meta["size"] != "quick" and sorted(meta["ops"]) == all_ops():
             out.append((path, data))
     return out
 
