@@ -159,7 +159,31 @@ def _fake_mine(emb, labels, ref_emb, ref_labels, distance):
     return d_ap, d_an, emb.new_empty((B,), dtype=torch.int64), emb.new_empty((B,), dtype=torch.int64)
 
 
+def check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance):
+    """The checks of the mining op's backward: emb [B, D] and ref_emb [M, D] as in the forward,
+    every [B] vector on emb's device (the distances float, the indices int64)."""
+    op = f"{_OP}_mine_backward"
+    checks.check_tensor(op, "emb", emb)
+    checks.check_dim(op, "emb", emb, 2, "(B, D)")
+    checks.check_float_dtype(op, "emb", emb)
+    checks.check_tensor(op, "ref_emb", ref_emb)
+    checks.check_dim(op, "ref_emb", ref_emb, 2, "(M, D)")
+    if ref_emb.dtype != emb.dtype:
+        raise TypeError(f"fgreid_ops.{op}: expected ref_emb to have the dtype of emb ({emb.dtype}), got {ref_emb.dtype}")
+    checks.check_same_device(op, "ref_emb", ref_emb, "emb", emb)
+    checks.check_nonempty_batch(op, "ref_emb", ref_emb)
+    if ref_emb.shape[1] != emb.shape[1]:
+        raise ValueError(f"fgreid_ops.{op}: expected ref_emb of width D={emb.shape[1]} (as emb), got {ref_emb.shape[1]}")
+    B = emb.shape[0]
+    for arg, t in (("grad_d_ap", grad_d_ap), ("grad_d_an", grad_d_an), ("d_ap", d_ap), ("d_an", d_an)):
+        checks.check_grad(op, arg, t, "emb", emb, (B,))
+    for arg, t in (("idx_p", idx_p), ("idx_n", idx_n)):
+        checks.check_index(op, arg, t, "emb", emb, B)
+    checks.check_choice(op, "distance", distance, DISTANCES)
+
+
 def _fake_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance, need_ref_grad):
+    check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance)
     grad_ref = ref_emb.new_empty(ref_emb.shape if need_ref_grad else (0,))
     return emb.new_empty(emb.shape), grad_ref
 
@@ -187,4 +211,5 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"), _fake_mine, _fake_backward, _make_backward, _setup_context)
+register_with_backward(("batch_hard_triplet_mine", "batch_hard_triplet_mine_triton"), _fake_mine, _fake_backward, _make_backward,
+                       _setup_context, second_derivative=False)

@@ -24,6 +24,12 @@ def _check_inputs(x, p, eps):
     checks.check_positive(_OP, "eps", eps)
 
 
+def check_backward_inputs(grad_out, x, p, eps):
+    """The checks of fgreid::gem_backward: the forward's, and grad_out [N, C] on x's device."""
+    _check_inputs(x, p, eps)
+    checks.check_grad("gem_backward", "grad_out", grad_out, "x", x, x.shape[:2])
+
+
 def gem(x: torch.Tensor, p, eps: float = 1e-6, *, backend: str | None = None) -> torch.Tensor:
     """Generalized-mean (GeM) pooling over H×W: ``y[n,c] = (mean_hw clamp(x, min=eps)**p)**(1/p)``.
 
@@ -56,6 +62,7 @@ def _fake_forward(x, p, eps):
 
 
 def _fake_backward(grad_out, x, p, eps, need_grad_p):
+    check_backward_inputs(grad_out, x, p, eps)
     layout = torch.channels_last if checks.is_channels_last(x) else torch.contiguous_format
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -83,4 +90,5 @@ def _make_backward(backward_op):
     return backward
 
 
-register_with_backward(("gem", "gem_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
+register_with_backward(("gem", "gem_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context,
+                       second_derivative=False)

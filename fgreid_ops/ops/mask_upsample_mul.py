@@ -5,6 +5,7 @@ import torch
 from .. import _backend
 from .. import _checks as checks
 from .._extension import has_extension
+from ._register import register_no_second_derivative
 from ..reference.mask_upsample_mul import MODES, mask_upsample_mul_reference
 
 _OP = "mask_upsample_mul"
@@ -73,8 +74,15 @@ def _fake_forward(feat, mask, mode, pool):
     return feat.new_empty(tuple(feat.shape[:2]) if pool else tuple(feat.shape))
 
 
-def _fake_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask):
+def check_backward_inputs(grad_out, feat, mask, mode, pool):
+    """The checks of fgreid::mask_upsample_mul_backward: the forward's, and grad_out of the
+    forward output's shape on feat's device."""
     _check_inputs(feat, mask, mode)
+    checks.check_grad(f"{_OP}_backward", "grad_out", grad_out, "feat", feat, feat.shape[:2] if pool else feat.shape)
+
+
+def _fake_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask):
+    check_backward_inputs(grad_out, feat, mask, mode, pool)
     grad_feat = feat.new_empty(tuple(feat.shape) if need_grad_feat else (0,))
     grad_mask = mask.new_empty(tuple(mask.shape) if need_grad_mask else (0,))
     return grad_feat, grad_mask
@@ -99,3 +107,4 @@ if has_extension():
     torch.library.register_fake(f"fgreid::{_OP}")(_fake_forward)
     torch.library.register_fake(f"fgreid::{_OP}_backward")(_fake_backward)
     torch.library.register_autograd(f"fgreid::{_OP}", _backward, setup_context=_setup_context)
+    register_no_second_derivative(f"{_OP}_backward")

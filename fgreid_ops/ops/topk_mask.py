@@ -7,6 +7,7 @@ import torch
 
 from .. import _backend
 from .. import _checks as checks
+from .._extension import has_extension
 from ._register import register_with_backward
 from ..reference.topk_mask import topk_mask_reference
 
@@ -126,3 +127,23 @@ def _make_backward(backward_op):
 
 
 register_with_backward(("topk_mask", "topk_mask_triton"), _fake_forward, _fake_backward, _make_backward, _setup_context)
+
+
+# The backward is linear in grad_out (grad_out * mask), so its own derivative is the same map:
+# double backward (gradient penalties) is exact, never zeros.
+def _setup_backward(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _make_double_backward(backward_op):
+    def double_backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return backward_op(grad, mask), None
+
+    return double_backward
+
+
+if has_extension():
+    for _name in ("topk_mask_backward", "topk_mask_triton_backward"):
+        torch.library.register_autograd(f"fgreid::{_name}", _make_double_backward(getattr(torch.ops.fgreid, _name)),
+                                        setup_context=_setup_backward)

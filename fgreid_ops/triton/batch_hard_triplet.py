@@ -285,6 +285,12 @@ def batch_hard_triplet_mine_triton(emb, labels, ref_emb, ref_labels, distance):
 
 def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
                                             distance, need_ref_grad):
+    from .. import _checks
+    from ..ops.batch_hard_triplet import check_mine_backward_inputs
+
+    check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance)
+    for arg, idx in (("idx_p", idx_p), ("idx_n", idx_n)):  # -1: no pair; the kernel gathers rows by the rest
+        _checks.check_index_range("batch_hard_triplet_mine_backward", arg, idx, -1, ref_emb.shape[0])
     B, D = emb.shape
     acc_torch, acc_tl = _acc(emb)
     grad_emb = emb.new_empty((B, D))

@@ -101,6 +101,9 @@ def _blocks(hw):
 
 
 def gem_triton(x, p, eps):
+    from ..ops.gem import _check_inputs
+
+    _check_inputs(x, p, eps)  # for direct torch.ops callers: the launch indexes by these shapes
     N, C, H, W = x.shape
     out = x.new_empty((N, C))
     block_r, block_hw = _blocks(H * W)
@@ -113,6 +116,9 @@ def gem_triton(x, p, eps):
 
 
 def gem_triton_backward(grad_out, x, p, eps, need_grad_p):
+    from ..ops.gem import check_backward_inputs
+
+    check_backward_inputs(grad_out, x, p, eps)
     N, C, H, W = x.shape
     acc_tl, acc_torch = _acc_dtype(x)
     layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
