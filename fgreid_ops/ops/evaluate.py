@@ -96,11 +96,19 @@ def _check_junk(op, junk_pid):
         raise TypeError(f"fgreid_ops.{op}: expected junk_pid to be an int or None, got {type(junk_pid).__name__}")
 
 
-def _check_max_rank(op, max_rank):
+# The CMC curve past the gallery only repeats its last value; up to this length it may, so that
+# max_rank=50 works on a small gallery, but a length beyond both is a mistake, not an allocation.
+MAX_RANK_PAST_GALLERY = 1000
+
+
+def _check_max_rank(op, max_rank, G):
     if isinstance(max_rank, bool) or not isinstance(max_rank, int):
         raise TypeError(f"fgreid_ops.{op}: expected max_rank to be an int, got {type(max_rank).__name__}")
     if max_rank < 1:
         raise ValueError(f"fgreid_ops.{op}: expected max_rank >= 1, got {max_rank}")
+    if max_rank > max(G, MAX_RANK_PAST_GALLERY):
+        raise ValueError(f"fgreid_ops.{op}: expected max_rank <= max(num_gallery, {MAX_RANK_PAST_GALLERY}) "
+                         f"= {max(G, MAX_RANK_PAST_GALLERY)}, got {max_rank}")
 
 
 def _check_ids_for(op, Q, G, ids, ref_arg, ref, strict):
@@ -167,7 +175,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
         distmat: [Q, G] float32/float64/float16/bfloat16 distances (lower = more similar), any
             strides (a transposed or sliced matrix is read in place), or a numpy array.
         q_pids, g_pids, q_camids, g_camids: [Q] / [G] integer tensors or numpy arrays.
-        max_rank: length of the CMC curve (>= 1); ranks past the gallery size repeat the last value.
+        max_rank: length of the CMC curve, 1 <= max_rank <= max(G, 1000); ranks past the gallery
+            size repeat the last value.
         return_per_query: also return the per-query AP (NaN for skipped queries).
         junk_pid: a pid ignored everywhere (e.g. -1 for Market-1501 junk), or None; see the module doc.
         backend: None (auto), "reference", "cpu" or "triton".
@@ -180,7 +189,7 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
     _check_distance_block(_OP, "distmat", distmat)
     Q, G = distmat.shape
     ids = _prepare_ids(_OP, Q, G, (q_pids, g_pids, q_camids, g_camids), "distmat", distmat)
-    _check_max_rank(_OP, max_rank)
+    _check_max_rank(_OP, max_rank, G)
     _check_junk(_OP, junk_pid)
     backend = _backend.resolve(_OP, distmat.device.type, backend)
     distmat = distmat.detach()
@@ -245,9 +254,16 @@ class _Distances:
         out = buffer[: (q_hi - q_lo) * g.shape[0]].view(q_hi - q_lo, g.shape[0])
         return torch.mm(self.q[q_lo:q_hi], g.T, out=out)
 
-    def pairs(self, q_index, g_feats, g_index):
-        """Distances of the (q_index[k], g_index[k]) pairs, row by row."""
-        return (self.q[q_index] * self.gallery(g_feats[g_index])).sum(1)
+
+def _gather_matches(block, q_lo, q_hi, g_lo, g_hi, offsets, index, match_query, match_dist):
+    """match_dist of the matches of queries [q_lo, q_hi) inside gallery columns [g_lo, g_hi),
+    read from the distance block itself (offsets: the CSR offsets as a Python list)."""
+    lo, hi = offsets[q_lo], offsets[q_hi]
+    if lo == hi:
+        return
+    idx = index[lo:hi]
+    pos = torch.nonzero((idx >= g_lo) & (idx < g_hi)).squeeze(1) + lo
+    match_dist[pos] = block[match_query[pos] - q_lo, index[pos] - g_lo]
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
@@ -259,14 +275,16 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     The gallery is walked in chunks: per chunk one GEMM gives the [Q, chunk] distances
     (``metric="euclidean"``: squared Euclidean ||q||^2 + ||g||^2 - 2 q.g as torchreid;
     ``"cosine"``: 1 - cos), and the kernel adds, for every match of every query, the number of
-    kept other-pid items ranked before it; the matches' own distances are computed first, row by
-    row. Memory: the features, memory_budget bytes for a distance block and a chunk of gallery
+    kept other-pid items ranked before it. A match's own distance is read from the same GEMM
+    block (when the gallery needs more than one chunk, a first pass over the blocks reads them:
+    twice the GEMM work), so every pair's distance comes from one formula. Memory: the features, memory_budget bytes for a distance block and a chunk of gallery
     rows in the compute dtype (float32; float64 for float64 features), a copy of the queries in
     that dtype with two more columns (the norms ride in the GEMM), and O(Q + matches).
 
     Distances are float32 sums: a match and another item whose distances differ by a rounding
     error may rank differently than in a distance matrix computed another way (torch.cdist, a
-    differently blocked GEMM). Exact ties (e.g. duplicate features) rank by gallery index.
+    differently blocked GEMM). Exact ties (duplicate gallery rows) rank by gallery index, as
+    `evaluate` does on the matrix.
 
     Args:
         q_feats: [Q, D], g_feats: [G, D] float features (any strides), on the same device.
@@ -291,7 +309,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
                          f"got {list(q_feats.shape)} and {list(g_feats.shape)}")
     Q, G, D = q_feats.shape[0], g_feats.shape[0], q_feats.shape[1]
     ids = _prepare_ids(op, Q, G, (q_pids, g_pids, q_camids, g_camids), "q_feats", q_feats)
-    _check_max_rank(op, max_rank)
+    _check_max_rank(op, max_rank, G)
     _check_junk(op, junk_pid)
     checks.check_choice(op, "metric", metric, METRICS)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
@@ -319,23 +337,34 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     nnz = index.shape[0]
     match_query = torch.repeat_interleave(torch.arange(Q, device=q_feats.device), offsets.diff(), output_size=nnz)
     match_dist = torch.empty(nnz, dtype=compute, device=q_feats.device)
-    pair_rows = max(1, chunk)
-    for lo in range(0, nnz, pair_rows):
-        hi = min(nnz, lo + pair_rows)
-        match_dist[lo:hi] = dist.pairs(match_query[lo:hi], g_feats, index[lo:hi])
     counts = torch.zeros(nnz, dtype=torch.int64, device=q_feats.device)
-
+    offsets_list = offsets.tolist()
     buffer = torch.empty(q_block * chunk, dtype=compute, device=q_feats.device)
-    bar = _progress(G, progress)
-    try:
+
+    def blocks():
         for g_lo in range(0, G, chunk):
             g_hi = min(G, g_lo + chunk)
             g = dist.gallery(g_feats[g_lo:g_hi])
             for q_lo in range(0, Q, q_block):
                 q_hi = min(Q, q_lo + q_block)
-                count_op(dist.block(q_lo, q_hi, g, buffer), q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo,
-                         offsets[q_lo:q_hi + 1], index, match_dist, junk_pid, counts)
-            if bar is not None:
+                yield g_lo, g_hi, q_lo, q_hi, dist.block(q_lo, q_hi, g, buffer)
+
+    # Every pair's distance, a match's included, is the GEMM value the count kernel compares
+    # (SPEC's one-formula rule: duplicate gallery rows tie exactly, the lower index wins). With
+    # one gallery chunk a block holds all matches of its queries; otherwise a first pass over
+    # the same blocks reads them.
+    one_chunk = chunk >= G
+    if not one_chunk:
+        for g_lo, g_hi, q_lo, q_hi, block in blocks():
+            _gather_matches(block, q_lo, q_hi, g_lo, g_hi, offsets_list, index, match_query, match_dist)
+    bar = _progress(G, progress)
+    try:
+        for g_lo, g_hi, q_lo, q_hi, block in blocks():
+            if one_chunk:
+                _gather_matches(block, q_lo, q_hi, g_lo, g_hi, offsets_list, index, match_query, match_dist)
+            count_op(block, q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_lo, offsets[q_lo:q_hi + 1], index, match_dist,
+                     junk_pid, counts)
+            if bar is not None and q_hi == Q:
                 bar.update(g_hi - g_lo)
     finally:
         if bar is not None:
