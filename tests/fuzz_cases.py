@@ -359,6 +359,35 @@ for backend in ("cpu", "triton"):
         expect=_gem_double_backward_ref)
 
 
+def _gradient_penalty(fn, *shapes, wrt=0, seed=0):
+    """d/dx of |d(fn(x, ...).pow(2).sum())/dx|^2 (double backward) in float64."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.rand(*shape, generator=g, dtype=torch.float64).add(0.1).requires_grad_() for shape in shapes]
+    out = fn(*xs)
+    out = out[0] if isinstance(out, tuple) else out
+    (gx,) = torch.autograd.grad(out.pow(2).sum(), xs[wrt], create_graph=True)
+    return torch.autograd.grad(gx.pow(2).sum(), xs[wrt])[0]
+
+
+for backend in ("cpu", "triton"):
+    add("topk_mask", f"double_backward_{backend}",
+        lambda b=backend: _gradient_penalty(lambda f1, f2: fgreid_ops.topk_mask(f1, f2, 3, backend=b), (2, 3, 4, 5), (2, 3, 4, 5), wrt=1),
+        expect=lambda: _gradient_penalty(lambda f1, f2: R.topk_mask_reference(f1, f2, 3), (2, 3, 4, 5), (2, 3, 4, 5), wrt=1),
+        batch="topk_mask" if backend == "cpu" else "topk_mask_triton")
+    add("batch_hard_triplet", f"double_backward_{backend}",
+        lambda b=backend: _gradient_penalty(lambda e: fgreid_ops.batch_hard_triplet(e, torch.tensor(LABELS), backend=b), (6, 4)),
+        names=("batch_hard_triplet_mine_backward", "batch_hard_triplet_mine_triton_backward"),
+        expect=lambda: _gradient_penalty(lambda e: R.batch_hard_triplet_reference(e, torch.tensor(LABELS)), (6, 4)),
+        batch="batch_hard_triplet" if backend == "cpu" else "bht_triton")
+add("mask_upsample_mul", "double_backward",
+    lambda: _gradient_penalty(lambda f, m: fgreid_ops.mask_upsample_mul(f, m), (2, 3, 6, 8), (2, 1, 3, 4), wrt=1),
+    names=("mask_upsample_mul_backward",),
+    expect=lambda: _gradient_penalty(lambda f, m: R.mask_upsample_mul_reference(f, m), (2, 3, 6, 8), (2, 1, 3, 4), wrt=1))
+add("off", "double_backward",
+    lambda: _gradient_penalty(lambda a, b: fgreid_ops.off(a, b), (2, 3, 5, 6), (2, 3, 5, 6)),
+    expect=lambda: _gradient_penalty(lambda a, b: R.off_reference(a, b), (2, 3, 5, 6), (2, 3, 5, 6)))
+
+
 # --- mask_upsample_mul ---------------------------------------------------------------------------
 
 def mum_base():
