@@ -187,6 +187,10 @@ def _pair_distance_kernel(
         d = s
     else:
         d = tl.sqrt(tl.where(s < 1e-12, 1e-12, s))
+    if not COSINE:
+        # |a - b|^2 = inf only from an inf (or overflowing) row, whose search distance
+        # |a|^2 + |b|^2 - 2a.b is inf - inf = NaN: the selected pair keeps that NaN (not inf -> loss 0)
+        d = tl.where(s == float("inf"), float("nan"), d)
     tl.store(out_ptr + rows, tl.where(ok, d, MISSING), mask=row_ok)
 
 
