@@ -186,10 +186,13 @@ def _resize_dim(t, d, n):
 
 def generic(target, fn, base, float_args=(), int_args=(), anchor=None, ref=None, others_named=(),
             sizes=(), skip=(), noncontig=(), nan=(), layout_ref=None, nan_labels=("nan", "inf", "neginf"), **kw):
-    """The mutations every tensor argument gets: wrong dtype, rank + 1, rank - 1, a meta tensor among
-    CPU ones, a Python list instead of a tensor, an empty dim, a wrong size (``sizes``: (arg, dim)
-    pairs whose size is tied to another argument); and, against ``ref`` (a function of the same
-    arguments), non-contiguous views and NaN/inf values (``noncontig``, ``nan``)."""
+    """The mutations every tensor argument gets: wrong dtype (int32, bool, complex), rank + 1,
+    rank - 1, a meta tensor among CPU ones, a Python list or None instead of a tensor, an empty dim
+    and a wrong size (``sizes``: (arg, dim) pairs whose size is tied to another argument), each
+    expecting an error that names the argument (or ``anchor``, the one it is checked against).
+    Against ``ref`` (a function of the same arguments; ``layout_ref`` for the layouts): strided,
+    expanded, transposed, channels_last and offset views of ``noncontig``, NaN/inf in ``nan``,
+    and every float argument in float64, float16 and bfloat16 (when ``nan`` is given)."""
     layout_ref = layout_ref or ref
     tensors = list(float_args) + list(int_args)
     anchor = anchor or tensors[0]
