@@ -4,8 +4,8 @@ reference's result — never crash, hang or hand back uninitialized memory.
 
 A crash must not take pytest down, so the cases run in subprocesses, one per batch (an op and
 its backward), two at a time; a case that kills its subprocess is reported as crashed and the
-batch goes on in a fresh one. Cases that fail on this branch because of C++ kernels fixed on
-branch cpp are strict xfails (they start passing when cpp is merged: then drop the mark)."""
+batch goes on in a fresh one. Cases that still fail are strict xfails with their reason
+(fuzz_cases.KNOWN_FAILURES: a fix makes them XPASS, then drop the entry)."""
 
 import json
 import os
@@ -72,8 +72,8 @@ def fuzz_results(request):
 def _params():
     for name in fuzz_cases.CASES:
         marks = ()
-        if name in fuzz_cases.FIXED_ON_CPP:
-            marks = pytest.mark.xfail(strict=True, reason="fixed on branch cpp")
+        if name in fuzz_cases.KNOWN_FAILURES:
+            marks = pytest.mark.xfail(strict=True, reason=fuzz_cases.KNOWN_FAILURES[name])
         yield pytest.param(name, id=name, marks=marks)
 
 

@@ -303,6 +303,8 @@ def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, 
     )
     if not need_ref_grad:
         return grad_emb, ref_emb.new_empty((0,))
+    if ref_emb.shape[0] == 0:  # every index is -1 (checked above): no row to gather into
+        return grad_emb, ref_emb.new_zeros(ref_emb.shape)
     # accumulate=True sums rows picked by several anchors (sort-based, deterministic on CUDA)
     grad_ref = ref_emb.new_zeros(ref_emb.shape, dtype=acc_torch)
     for idx, rows in zip((idx_p, idx_n), contrib):
