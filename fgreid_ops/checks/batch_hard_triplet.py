@@ -33,8 +33,7 @@ def check_mine_inputs(emb, labels, ref_emb, ref_labels, distance):
     _check_labels("labels", labels, "emb", emb)
     checks.check_tensor(OP, "ref_emb", ref_emb)
     checks.check_dim(OP, "ref_emb", ref_emb, 2, "(M, D)")
-    if ref_emb.dtype != emb.dtype:
-        raise TypeError(f"fgreid_ops.{OP}: expected ref_emb to have the dtype of emb ({emb.dtype}), got {ref_emb.dtype}")
+    checks.check_same_dtype(OP, "ref_emb", ref_emb, "emb", emb)
     checks.check_same_device(OP, "ref_emb", ref_emb, "emb", emb)
     checks.check_nonempty_batch(OP, "ref_emb", ref_emb)
     if ref_emb.shape[1] != emb.shape[1]:
