@@ -61,30 +61,10 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def check_grad(op: str, arg: str, grad, ref_arg: str, ref: torch.Tensor, shape) -> None:
-    """A gradient handed to a backward op: a float tensor on ref's device (a meta tensor among
-    real ones is an error, not a fake result) with exactly the shape the op will index by."""
-    check_tensor(op, arg, grad)
-    check_float_dtype(op, arg, grad)
-    check_same_device(op, arg, grad, ref_arg, ref)
-    if tuple(grad.shape) != tuple(shape):
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} of shape {list(shape)} (from {ref_arg}), got {list(grad.shape)}")
-
-
-def check_index(op: str, arg: str, t, ref_arg: str, ref: torch.Tensor, length: int) -> None:
-    """An int64 index vector of the given length on ref's device (its values are checked by
-    check_index_range, which reads them)."""
-    check_tensor(op, arg, t)
-    if t.dtype != torch.int64:
-        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be int64, got {t.dtype}")
-    check_same_device(op, arg, t, ref_arg, ref)
-    if tuple(t.shape) != (length,):
-        raise ValueError(f"fgreid_ops.{op}: expected {arg} of shape [{length}], got {list(t.shape)}")
-
-
 def check_index_range(op: str, arg: str, t: torch.Tensor, low: int, high: int) -> None:
     """Every value of t in [low, high); reads the values (a device sync on CUDA): for eager
-    kernels that index memory with them, never for fakes."""
+    launchers that index memory with them (the Triton ones; the C++ kernels check their own),
+    never for fakes."""
     if t.numel() and bool(((t < low) | (t >= high)).any()):
         raise ValueError(f"fgreid_ops.{op}: expected {arg} in [{low}, {high}), "
                          f"got values in [{int(t.min())}, {int(t.max())}]")
