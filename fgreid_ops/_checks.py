@@ -59,3 +59,12 @@ def check_choice(op: str, arg: str, value, choices) -> None:
 def is_channels_last(t: torch.Tensor) -> bool:
     """The layout rule the C++ kernels follow (checks.h is_channels_last_4d)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def check_index_range(op: str, arg: str, t: torch.Tensor, low: int, high: int) -> None:
+    """Every value of t in [low, high); reads the values (a device sync on CUDA): for eager
+    launchers that index memory with them (the Triton ones; the C++ kernels check their own),
+    never for fakes."""
+    if t.numel() and bool(((t < low) | (t >= high)).any()):
+        raise ValueError(f"fgreid_ops.{op}: expected {arg} in [{low}, {high}), "
+                         f"got values in [{int(t.min())}, {int(t.max())}]")

@@ -10,7 +10,8 @@ lowering. `register` turns a description into the torch.library registrations:
 * the Triton variant ``fgreid::<name>_triton`` (and ``<name>_triton_backward``) is defined here
   from `signature` (no C++ build needed), gets the same fake and formula, and the launchers of
   ``fgreid_ops/triton/<triton>.py`` named ``<name>_triton`` / ``<name>_triton_backward`` as its
-  CUDA kernels (CPU too under TRITON_INTERPRET=1) when Triton imports.
+  CUDA kernels (CPU too under TRITON_INTERPRET=1) when Triton imports, and on the devices where
+  Triton cannot run a kernel that raises naming the device.
 
 Each variant's backward formula calls that variant's own registered backward op, so
 torch.compile sees it. `fgreid_ops._backend.dispatch` picks the variant."""
@@ -85,6 +86,21 @@ class OpDef:
         return ([self.name] if self.cpp else []) + ([self.name + TRITON_SUFFIX] if self.triton else [])
 
 
+def no_double_backward(forward_op):
+    """A `Backward.double` for a backward op with no derivative formula: a second derivative
+    (create_graph=True, then a grad through the first one) raises, naming the backward op,
+    instead of treating the first derivative as a constant (silent zeros)."""
+    backward_name = f"{forward_op._qualified_op_name.split('::')[-1]}_backward"
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fgreid_ops.{backward_name}: the second derivative is not implemented "
+            f"(fgreid::{backward_name} has no derivative formula); use backend='reference' to differentiate twice"
+        )
+
+    return backward
+
+
 _OPS: dict = {}
 
 
@@ -126,6 +142,19 @@ def _define(name: str, signature: str) -> None:
         torch.library.define(qualname, signature)
 
 
+def _register_unavailable(qualname: str) -> None:
+    """On the devices where Triton cannot run, a kernel that says so and names the device."""
+    if not _triton_support.UNAVAILABLE_DEVICES:
+        return
+
+    def unavailable(*args):
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        raise RuntimeError(f"fgreid_ops.{qualname.split('::')[-1]}: the Triton kernel needs "
+                           f"{_triton_support.requirement()}; got tensors on device {device}")
+
+    torch.library.register_kernel(qualname, _triton_support.UNAVAILABLE_DEVICES, unavailable)
+
+
 def _register_variant(op: OpDef, name: str) -> None:
     qualname = f"{NAMESPACE}::{name}"
     torch.library.register_fake(qualname)(op.fake)
@@ -160,6 +189,9 @@ def register(op: OpDef) -> OpDef:
                 torch.library.register_kernel(
                     f"{NAMESPACE}::{name}_backward", _triton_support.DEVICES, getattr(launchers, f"{name}_backward")
                 )
+        _register_unavailable(f"{NAMESPACE}::{name}")
+        if op.backward is not None:
+            _register_unavailable(f"{NAMESPACE}::{name}_backward")
         _register_variant(op, name)
     return op
 

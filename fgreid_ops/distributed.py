@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from . import _checks as checks
+from .checks.evaluate import check_max_rank
 from .ops.evaluate import (EvaluationResult, _chunk_sizes, _compute_dtype, _count_gallery, _Distances,
                            _match_distances, _prepare_features, _result, _streaming_kernels)
 from .ops.evaluate import evaluate_features as _evaluate_features
@@ -249,7 +250,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     rank 0's rows, then rank 1's, and so on. Every rank returns the result of the one-process
     ``fgreid_ops.evaluate_features`` on the whole gallery, ties to the lower global gallery index.
 
-    How: every rank lists the matches of each query in its shard and their distances; the lists
+    How: every rank lists the matches of each query in its shard and their distances (read from
+    the GEMM blocks it counts with, so a match ties exactly with a duplicate row); the lists
     are all-gathered (O(Q + matches), as in one process); each rank streams its shard in chunks
     (the one-process kernels, with the shard's global offset) counting, for every match of every
     query, the kept other-pid items of the shard ranked before it; the counts are all-reduced
@@ -288,6 +290,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     if sum(sizes) == 0:
         raise ValueError(f"fgreid_ops.distributed.{name}: expected at least one gallery item over all ranks, "
                          f"got empty shards on all {len(sizes)} ranks")
+    check_max_rank(f"distributed.{name}", max_rank, sum(sizes))  # the same sizes, so the same verdict, on every rank
     q_pids, g_pids, q_camids, g_camids = ids
     if backend == "reference":
         gathered = [_gather_padded(t, sizes, group) for t in (g, g_pids, g_camids)]
@@ -305,7 +308,7 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         offsets = torch.zeros(Q + 1, dtype=torch.int64, device=q.device)
         index = torch.zeros(0, dtype=torch.int64, device=q.device)
     q_block, chunk = _chunk_sizes(Q, max(1, G), D + 2, memory_budget, distances.itemsize)
-    match_dist = _match_distances(distances, g, offsets, index, chunk)
+    match_dist = _match_distances(distances, g, offsets, index, q_block, chunk)  # this shard's, from its GEMM blocks
     offsets, index, match_dist = _gather_matches(offsets, index + g_start, match_dist, group)
     counts = torch.zeros(index.shape[0], dtype=torch.int64, device=q.device)
     _count_gallery(distances, g, g_pids, g_start, q_pids, offsets, index, match_dist, counts, junk_pid,

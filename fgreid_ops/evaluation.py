@@ -18,30 +18,45 @@ def tracklet_features(frame_feats: torch.Tensor, tracklet_ids: torch.Tensor, num
     frame_feats: [F, D] float; tracklet_ids: [F] integer in [0, T), any order. T defaults to
     max(tracklet_ids) + 1. Accumulates in float32 (float64 for float64) and returns that dtype.
     Every tracklet needs at least one frame."""
-    op = "tracklet_features"
-    checks.check_tensor(op, "frame_feats", frame_feats)
-    checks.check_dim(op, "frame_feats", frame_feats, 2, "(num_frames, D)")
-    checks.check_float_dtype(op, "frame_feats", frame_feats)
-    checks.check_tensor(op, "tracklet_ids", tracklet_ids)
-    if tracklet_ids.dtype.is_floating_point or tracklet_ids.dtype == torch.bool:
-        raise TypeError(f"fgreid_ops.{op}: expected tracklet_ids to be an integer tensor, got {tracklet_ids.dtype}")
-    if tracklet_ids.dim() != 1 or tracklet_ids.shape[0] != frame_feats.shape[0]:
-        raise ValueError(f"fgreid_ops.{op}: expected tracklet_ids of shape [F]=[{frame_feats.shape[0]}], "
+    return _tracklet_features(frame_feats, tracklet_ids, num_tracklets)
+
+
+def _tracklet_features(frame_feats, tracklet_ids, num_tracklets, op="tracklet_features", feats_arg="frame_feats",
+                       ids_arg="tracklet_ids", count_arg="num_tracklets"):
+    """tracklet_features, its errors naming the caller's arguments (feats_arg, ids_arg, count_arg)."""
+    checks.check_tensor(op, feats_arg, frame_feats)
+    checks.check_dim(op, feats_arg, frame_feats, 2, "(num_frames, D)")
+    checks.check_float_dtype(op, feats_arg, frame_feats)
+    checks.check_tensor(op, ids_arg, tracklet_ids)
+    if tracklet_ids.dtype.is_floating_point or tracklet_ids.dtype.is_complex or tracklet_ids.dtype == torch.bool:
+        raise TypeError(f"fgreid_ops.{op}: expected {ids_arg} to be an integer tensor, got {tracklet_ids.dtype}")
+    F = frame_feats.shape[0]
+    if tracklet_ids.dim() != 1 or tracklet_ids.shape[0] != F:
+        raise ValueError(f"fgreid_ops.{op}: expected {ids_arg} of shape [F]=[{F}] (one per row of {feats_arg}), "
                          f"got {list(tracklet_ids.shape)}")
-    checks.check_same_device(op, "tracklet_ids", tracklet_ids, "frame_feats", frame_feats)
-    checks.check_nonempty_batch(op, "frame_feats", frame_feats)
+    checks.check_same_device(op, ids_arg, tracklet_ids, feats_arg, frame_feats)
+    checks.check_nonempty_batch(op, feats_arg, frame_feats)
+    if num_tracklets is not None:
+        if isinstance(num_tracklets, bool) or not isinstance(num_tracklets, int):
+            raise TypeError(f"fgreid_ops.{op}: expected {count_arg} to be an int or None, got {type(num_tracklets).__name__}")
+        # every tracklet needs a frame: more tracklets than frames is an error, not an allocation
+        if not 1 <= num_tracklets <= F:
+            raise ValueError(f"fgreid_ops.{op}: expected {count_arg} in [1, F]=[1, {F}] (every tracklet needs a frame "
+                             f"of {feats_arg}), got {num_tracklets}")
     ids = tracklet_ids.to(torch.int64)
-    if int(ids.min()) < 0 or (num_tracklets is not None and int(ids.max()) >= num_tracklets):
-        raise ValueError(f"fgreid_ops.{op}: expected tracklet_ids in [0, num_tracklets), "
-                         f"got values in [{int(ids.min())}, {int(ids.max())}]")
-    T = int(ids.max()) + 1 if num_tracklets is None else num_tracklets
+    low, high = int(ids.min()), int(ids.max())
+    T = high + 1 if num_tracklets is None else num_tracklets
+    if low < 0 or high >= min(T, F):
+        raise ValueError(f"fgreid_ops.{op}: expected {ids_arg} in [0, {count_arg}={T}) and below F={F}, "
+                         f"got values in [{low}, {high}]")
     acc = torch.float64 if frame_feats.dtype == torch.float64 else torch.float32
-    sums = torch.zeros(T, frame_feats.shape[1], dtype=acc, device=frame_feats.device)
-    sums.index_add_(0, ids, frame_feats.to(acc))
     frames = torch.bincount(ids, minlength=T)
     if bool((frames == 0).any()):
         empty = torch.nonzero(frames == 0)[:5, 0].tolist()
-        raise ValueError(f"fgreid_ops.{op}: expected every tracklet to have at least one frame; tracklets {empty} have none")
+        raise ValueError(f"fgreid_ops.{op}: expected every tracklet in [0, {T}) to occur in {ids_arg}; "
+                         f"tracklets {empty} have no frame")
+    sums = torch.zeros(T, frame_feats.shape[1], dtype=acc, device=frame_feats.device)
+    sums.index_add_(0, ids, frame_feats.to(acc))
     return sums / frames[:, None].to(acc)
 
 
@@ -52,8 +67,21 @@ def evaluate_mars(q_frame_feats, q_tracklet_ids, g_frame_feats, g_tracklet_ids, 
     `evaluate_features` (same-pid-same-camera removal, skipped queries, ties to the lower index).
     MARS labels junk tracklets pid -1 and distractors pid 0, as Market-1501: pass junk_pid=-1 to
     ignore junk. kwargs go to `evaluate_features` (metric, memory_budget, progress, ...)."""
-    q_feats = tracklet_features(q_frame_feats, q_tracklet_ids, len(q_pids))
-    g_feats = tracklet_features(g_frame_feats, g_tracklet_ids, len(g_pids))
+    op = "evaluate_mars"
+    num = {}
+    for side, pids in (("q", q_pids), ("g", g_pids)):
+        checks.check_tensor(op, f"{side}_pids", pids)
+        if pids.dim() != 1:
+            raise ValueError(f"fgreid_ops.{op}: expected {side}_pids to be 1-D (one per tracklet), got {pids.dim()}-D")
+        num[side] = pids.shape[0]
+    q_feats = _tracklet_features(q_frame_feats, q_tracklet_ids, num["q"], op, "q_frame_feats", "q_tracklet_ids",
+                                 "len(q_pids)")
+    g_feats = _tracklet_features(g_frame_feats, g_tracklet_ids, num["g"], op, "g_frame_feats", "g_tracklet_ids",
+                                 "len(g_pids)")
+    checks.check_same_device(op, "g_frame_feats", g_frame_feats, "q_frame_feats", q_frame_feats)
+    if g_feats.shape[1] != q_feats.shape[1]:
+        raise ValueError(f"fgreid_ops.{op}: expected g_frame_feats of width D={q_feats.shape[1]} (as q_frame_feats), "
+                         f"got {g_feats.shape[1]}")
     return evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank, **kwargs)
 
 
@@ -75,8 +103,8 @@ def _group_cameras(camids, groups):
     for group in torch.unique(groups).tolist():
         cams = torch.unique(camids[groups == group]).tolist()
         if len(cams) != 2:
-            raise ValueError(f"fgreid_ops.evaluate_fgpr: expected every group to have exactly two cameras, "
-                             f"group {group} has {cams}")
+            raise ValueError(f"fgreid_ops.evaluate_fgpr: expected camids to hold exactly two cameras in each of the "
+                             f"groups, group {group} has {cams}")
         cameras[group] = tuple(cams)
     return cameras
 
@@ -104,8 +132,13 @@ def evaluate_fgpr(feats, pids, camids, groups, **kwargs) -> FGPRResult:
     op = "evaluate_fgpr"
     checks.check_tensor(op, "feats", feats)
     checks.check_dim(op, "feats", feats, 2, "(N, D)")
+    checks.check_float_dtype(op, "feats", feats)
+    if "max_rank" in kwargs:
+        raise TypeError(f"fgreid_ops.{op}: max_rank is fixed at 5 by the protocol (rank-1, rank-5), got max_rank={kwargs['max_rank']!r}")
     for arg, t in (("pids", pids), ("camids", camids), ("groups", groups)):
         checks.check_tensor(op, arg, t)
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"fgreid_ops.{op}: expected {arg} to be an integer tensor, got {t.dtype}")
         if t.dim() != 1 or t.shape[0] != feats.shape[0]:
             raise ValueError(f"fgreid_ops.{op}: expected {arg} of shape [N]=[{feats.shape[0]}], got {list(t.shape)}")
         checks.check_same_device(op, arg, t, "feats", feats)

@@ -152,8 +152,6 @@ def test_evaluate_finalize_rejects_negative_counts():
 
 # A meta tensor among CPU ones sends the call to the op's fake (the Meta kernel outranks CPU in the
 # dispatcher), so the C++ checks never run: the fakes in fgreid_ops/ops must check the devices.
-@pytest.mark.xfail(strict=True, reason="the fakes of gem_backward and mask_upsample_mul_backward do not yet "
-                                       "check that all tensors share one device")
 @pytest.mark.parametrize("call", [
     lambda: ops.gem_backward(*_gem_backward_args(grad_out=torch.ones(2, 3, device="meta"))),
     lambda: ops.mask_upsample_mul_backward(*_mask_backward_args(grad_out=torch.ones(2, 3, 4, 4, device="meta"))),

@@ -91,7 +91,10 @@ def test_upsampled_mask_equals_interpolate_fp32(mode, C, mask_layout, size):
     if mode == "nearest" or torch.backends.cpu.get_cpu_capability() == "AVX2":
         assert torch.equal(out, want)
     else:
-        torch.testing.assert_close(out, want, rtol=2.5e-7, atol=1e-7)
+        # another association of the blends (ATen's scalar or AVX-512 loops) differs by a few ulp
+        # of the blended values, not of the result: absolute, scaled by the mask's magnitude
+        ulp = torch.finfo(torch.float32).eps * float(mask.abs().max())
+        torch.testing.assert_close(out, want, rtol=2.5e-7, atol=4 * ulp)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

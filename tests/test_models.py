@@ -6,6 +6,7 @@ models are only constructed (on the meta device) to count parameters."""
 
 import copy
 import json
+import math
 import os
 
 import pytest
@@ -275,6 +276,36 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
+def test_a_small_gradient_step_lowers_the_loss(name):
+    """The deterministic core of "it trains": in float64, a step of length 1e-6 against the
+    gradient of the whole model + loss lowers that batch's loss by about 1e-6 * |g| (first order),
+    far above float64 rounding and independent of summation order or vector width — unlike a
+    loss drop over many SGD steps, which depends on the float order of every step before."""
+    make, inputs, loss_fn, labels = CASES[name]
+    model, x = make(), inputs()
+    loss, grads = _run(model, x, labels, loss_fn)
+    norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+    assert torch.isfinite(loss) and norm > 1e-3
+    step = 1e-6
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in grads:
+                p -= step * grads[n] / norm
+    after, _ = _run(model, x, labels, loss_fn)
+    decrease = float(loss - after)
+    assert 0.5 * step * float(norm) < decrease < 1.5 * step * float(norm), (decrease, float(norm))
+
+
+def _moved_parameters(args, ckpt):
+    """Names of the floating-point state entries that training changed from their seeded init."""
+    cfg = train.parse_args(args)
+    torch.manual_seed(cfg["seed"])
+    data = train.load_dataset(cfg["dataset"], cfg["root"], split=cfg["split"])
+    init = train.build_model(cfg, data.num_train_pids).state_dict()
+    return {k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.equal(v, init[k])}
+
+
+@pytest.mark.parametrize("name", list(CASES))
 def test_same_outputs_and_gradients_with_use_reference(name):
     make, inputs, loss_fn, labels = CASES[name]
     model, x = make(), inputs()
@@ -327,12 +358,17 @@ def test_cuhs_trains_and_evaluates(market_root, tmp_path):
     result = train.main(args)
     hsl, main = result["history"]["hsl"], result["history"]["main"]
     assert 1 <= len(hsl) <= 6 and 10 <= len(main) <= 18  # at most 48 images / 8 per batch and epoch
-    assert sum(main[-4:]) / 4 < 0.9 * sum(main[:4]) / 4, main
+    # that the model learns is test_a_small_gradient_step_lowers_the_loss; a loss drop over these
+    # few steps depends on float order (it failed on AVX-512), so here: finite, and every stream moved
+    assert all(map(math.isfinite, hsl + main)), (hsl, main)
     m = result["metrics"]
     assert len(m["cmc"]) == 17 and 0 <= m["mAP"] <= 1 and m["cmc"] == sorted(m["cmc"])
     ckpt = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
     assert ckpt["epoch"] == 3 and ckpt["stage"] == "main" and ckpt["config"]["topk"] is None
     assert ckpt["model"]["hsl.fc.weight"].abs().sum() > 0  # stage 1 moved the box ...
+    moved = _moved_parameters(args, ckpt)
+    for prefix in ("bn_stream.", "in_stream.", "hs_stream.", "classifiers.", "reduce."):
+        assert any(k.startswith(prefix) for k in moved), (prefix, sorted(moved)[:10])
     again = evaluate.main(["--checkpoint", os.path.join(out_dir, "last.pt"), "--workers", "0", "--device", "cpu",
                            "--json", str(tmp_path / "m.json")])
     assert again["cmc"] == pytest.approx(m["cmc"]) and again["mAP"] == pytest.approx(m["mAP"])
@@ -350,7 +386,9 @@ def test_fg_video_trains_on_fgpr_and_evaluates(tmp_path):
             "--backbone-width", "8", "--backbone-layers", "1", "1", "1", "1", *TINY_ARGS[7:]]
     result = train.main(args)
     losses = result["history"]["main"]
-    assert len(losses) == 12 and sum(losses[-4:]) < sum(losses[:4]), losses
+    assert len(losses) == 12 and all(map(math.isfinite, losses)), losses
+    moved = _moved_parameters(args, torch.load(os.path.join(str(tmp_path / "run"), "last.pt"), weights_only=False))
+    assert any(k.startswith("backbone.") for k in moved) and len(moved) > 20, sorted(moved)[:10]
     metrics = result["metrics"]
     assert set(metrics) == {"all", "blue", "white"}
     for m in metrics.values():

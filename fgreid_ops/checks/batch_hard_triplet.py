@@ -45,8 +45,15 @@ def check_mine_inputs(emb, labels, ref_emb, ref_labels, distance):
 def check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an, distance, need_ref_grad):
     """What the backward launch indexes by: [B] vectors beside emb [B, D] and ref_emb [M, D]."""
     op = "batch_hard_triplet_mine_backward"
+    checks.check_tensor(op, "emb", emb)
     checks.check_dim(op, "emb", emb, 2, "(B, D)")
+    checks.check_float_dtype(op, "emb", emb)
+    checks.check_tensor(op, "ref_emb", ref_emb)
     checks.check_dim(op, "ref_emb", ref_emb, 2, "(M, D)")
+    checks.check_same_dtype(op, "ref_emb", ref_emb, "emb", emb)
+    checks.check_same_device(op, "ref_emb", ref_emb, "emb", emb)
+    if ref_emb.shape[1] != emb.shape[1]:
+        raise ValueError(f"fgreid_ops.{op}: expected ref_emb of width D={emb.shape[1]} (as emb), got {ref_emb.shape[1]}")
     B = emb.shape[0]
     for arg, t in (("grad_d_ap", grad_d_ap), ("grad_d_an", grad_d_an), ("idx_p", idx_p), ("idx_n", idx_n),
                    ("d_ap", d_ap), ("d_an", d_an)):
@@ -54,6 +61,8 @@ def check_mine_backward_inputs(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n,
         checks.check_same_device(op, arg, t, "emb", emb)
         if tuple(t.shape) != (B,):
             raise ValueError(f"fgreid_ops.{op}: expected {arg} of shape [B]=[{B}], got {list(t.shape)}")
+    for arg, t in (("grad_d_ap", grad_d_ap), ("grad_d_an", grad_d_an), ("d_ap", d_ap), ("d_an", d_an)):
+        checks.check_float_dtype(op, arg, t)
     for arg, t in (("idx_p", idx_p), ("idx_n", idx_n)):
         if t.dtype != torch.int64:
             raise TypeError(f"fgreid_ops.{op}: expected {arg} to be int64, got {t.dtype}")

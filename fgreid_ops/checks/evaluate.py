@@ -45,11 +45,22 @@ def check_junk(op, junk_pid):
         raise TypeError(f"fgreid_ops.{op}: expected junk_pid to be an int or None, got {type(junk_pid).__name__}")
 
 
-def check_max_rank(op, max_rank):
+# The CMC curve past the gallery only repeats its last value; up to this length it may, so that
+# max_rank=50 works on a small gallery, but a length beyond both is a mistake, not an allocation.
+MAX_RANK_PAST_GALLERY = 1000
+
+
+def check_max_rank(op, max_rank, num_gallery=None):
+    """max_rank an int in [1, max(num_gallery, 1000)] (no upper bound when num_gallery is None:
+    a rank's shard, checked against the whole gallery once its size is known)."""
     if isinstance(max_rank, bool) or not isinstance(max_rank, int):
         raise TypeError(f"fgreid_ops.{op}: expected max_rank to be an int, got {type(max_rank).__name__}")
     if max_rank < 1:
         raise ValueError(f"fgreid_ops.{op}: expected max_rank >= 1, got {max_rank}")
+    if num_gallery is not None and max_rank > max(num_gallery, MAX_RANK_PAST_GALLERY):
+        bound = max(num_gallery, MAX_RANK_PAST_GALLERY)
+        raise ValueError(f"fgreid_ops.{op}: expected max_rank <= max(num_gallery, {MAX_RANK_PAST_GALLERY}) "
+                         f"= {bound}, got {max_rank}")
 
 
 def check_ids_for(op, Q, G, ids, ref_arg, ref, strict):

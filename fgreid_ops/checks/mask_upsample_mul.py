@@ -24,3 +24,17 @@ def check_inputs(feat, mask, mode, pool=False):
             f"got {list(mask.shape)}"
         )
     checks.check_nonempty(OP, "mask", mask)
+
+
+
+def check_backward_inputs(grad_out, feat, mask, mode, pool, need_grad_feat=True, need_grad_mask=True):
+    """The forward's checks, then check_mask_upsample_mul_grad's: grad_out of the forward output's
+    shape ([N, C] with pool), float, on feat's device (a meta grad_out among CPU tensors is an
+    error, not a fake result)."""
+    check_inputs(feat, mask, mode)
+    checks.check_tensor(OP, "grad_out", grad_out)
+    shape = tuple(feat.shape[:2]) if pool else tuple(feat.shape)
+    if tuple(grad_out.shape) != shape:
+        raise ValueError(f"fgreid_ops.{OP}: expected grad_out of shape {list(shape)}, got {list(grad_out.shape)}")
+    checks.check_float_dtype(OP, "grad_out", grad_out)
+    checks.check_same_device(OP, "grad_out", grad_out, "feat", feat)

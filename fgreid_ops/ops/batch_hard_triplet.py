@@ -148,6 +148,7 @@ MINE = _registry.register(_registry.OpDef(
         fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
         signature="(Tensor grad_d_ap, Tensor grad_d_an, Tensor emb, Tensor ref_emb, Tensor idx_p, Tensor idx_n,"
                   " Tensor d_ap, Tensor d_an, str distance, bool need_ref_grad) -> (Tensor grad_emb, Tensor grad_ref)",
+        double=_registry.no_double_backward,
     ),
 ))
 

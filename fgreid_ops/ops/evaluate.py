@@ -82,7 +82,8 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
         distmat: [Q, G] float32/float64/float16/bfloat16 distances (lower = more similar), any
             strides (a transposed or sliced matrix is read in place), or a numpy array.
         q_pids, g_pids, q_camids, g_camids: [Q] / [G] integer tensors or numpy arrays.
-        max_rank: length of the CMC curve (>= 1); ranks past the gallery size repeat the last value.
+        max_rank: length of the CMC curve, 1 <= max_rank <= max(G, 1000); ranks past the gallery
+            size repeat the last value.
         return_per_query: also return the per-query AP (NaN for skipped queries).
         junk_pid: a pid ignored everywhere (e.g. -1 for Market-1501 junk), or None; see the module doc.
         backend: None (auto), "reference", "cpu" or "triton".
@@ -95,7 +96,7 @@ def evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
     check_distance_block(_OP, "distmat", distmat)
     Q, G = distmat.shape
     ids = _prepare_ids(_OP, Q, G, (q_pids, g_pids, q_camids, g_camids), "distmat", distmat)
-    check_max_rank(_OP, max_rank)
+    check_max_rank(_OP, max_rank, G)
     check_junk(_OP, junk_pid)
     per_query = _backend.dispatch(EVALUATE, distmat.device.type, backend, distmat.detach(), *ids, junk_pid)
     return _result(*per_query, max_rank, return_per_query)
@@ -154,9 +155,6 @@ class _Distances:
         out = buffer[: (q_hi - q_lo) * g.shape[0]].view(q_hi - q_lo, g.shape[0])
         return torch.mm(self.q[q_lo:q_hi], g.T, out=out)
 
-    def pairs(self, q_index, g_feats, g_index):
-        """Distances of the (q_index[k], g_index[k]) pairs, row by row."""
-        return (self.q[q_index] * self.gallery(g_feats[g_index])).sum(1)
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
@@ -168,14 +166,16 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     The gallery is walked in chunks: per chunk one GEMM gives the [Q, chunk] distances
     (``metric="euclidean"``: squared Euclidean ||q||^2 + ||g||^2 - 2 q.g as torchreid;
     ``"cosine"``: 1 - cos), and the kernel adds, for every match of every query, the number of
-    kept other-pid items ranked before it; the matches' own distances are computed first, row by
-    row. Memory: the features, memory_budget bytes for a distance block and a chunk of gallery
+    kept other-pid items ranked before it. A match's own distance is read from the same GEMM
+    block (when the gallery needs more than one chunk, a first pass over the blocks reads them:
+    twice the GEMM work), so every pair's distance comes from one formula. Memory: the features, memory_budget bytes for a distance block and a chunk of gallery
     rows in the compute dtype (float32; float64 for float64 features), a copy of the queries in
     that dtype with two more columns (the norms ride in the GEMM), and O(Q + matches).
 
     Distances are float32 sums: a match and another item whose distances differ by a rounding
     error may rank differently than in a distance matrix computed another way (torch.cdist, a
-    differently blocked GEMM). Exact ties (e.g. duplicate features) rank by gallery index.
+    differently blocked GEMM). Exact ties (duplicate gallery rows) rank by gallery index, as
+    `evaluate` does on the matrix.
 
     Args:
         q_feats: [Q, D], g_feats: [G, D] float features (any strides), on the same device.
@@ -208,10 +208,16 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     matches, count_op, finalize = _streaming_kernels(backend)
     offsets, index = matches(*ids, junk_pid)
     q_block, chunk = _chunk_sizes(Q, G, D + 2, memory_budget, dist.itemsize)
-    match_dist = _match_distances(dist, g_feats, offsets, index, chunk)
+    # With one gallery chunk each block holds every match of its queries: read them while counting;
+    # otherwise a first pass over the same blocks reads them (twice the GEMM work).
+    one_chunk = chunk >= G
+    if one_chunk:
+        match_dist = torch.empty(index.shape[0], dtype=dist.compute, device=q_feats.device)
+    else:
+        match_dist = _match_distances(dist, g_feats, offsets, index, q_block, chunk)
     counts = torch.zeros(index.shape[0], dtype=torch.int64, device=q_feats.device)
     _count_gallery(dist, g_feats, g_pids, 0, q_pids, offsets, index, match_dist, counts, junk_pid, count_op,
-                   q_block, chunk, progress)
+                   q_block, chunk, progress, read_matches=one_chunk)
     return _result(*finalize(offsets, index, match_dist, counts), max_rank, return_per_query)
 
 
@@ -222,7 +228,7 @@ def _prepare_features(op, q_feats, g_feats, ids, max_rank, junk_pid, metric, mem
     q_feats, g_feats = as_tensor(q_feats, None), as_tensor(g_feats, None)
     check_features(op, q_feats, g_feats, min_gallery=min_gallery)
     ids = _prepare_ids(op, q_feats.shape[0], g_feats.shape[0], ids, "q_feats", q_feats)
-    check_max_rank(op, max_rank)
+    check_max_rank(op, max_rank, g_feats.shape[0] if min_gallery else None)
     check_junk(op, junk_pid)
     checks.check_choice(op, "metric", metric, METRICS)
     check_memory_budget(op, memory_budget)
@@ -239,37 +245,73 @@ def _streaming_kernels(backend):
     return (_backend.kernel(MATCHES, backend), _backend.kernel(COUNT, backend), _backend.kernel(FINALIZE, backend))
 
 
-def _match_distances(dist, g_feats, offsets, index, rows):
-    """The distance of every match (query of its CSR row, gallery row index[k] of g_feats), in
-    blocks of `rows` pairs."""
-    nnz = index.shape[0]
-    Q = offsets.shape[0] - 1
-    match_query = torch.repeat_interleave(torch.arange(Q, device=offsets.device), offsets.diff(), output_size=nnz)
-    match_dist = torch.empty(nnz, dtype=dist.compute, device=offsets.device)
-    pair_rows = max(1, rows)
-    for lo in range(0, nnz, pair_rows):
-        hi = min(nnz, lo + pair_rows)
-        match_dist[lo:hi] = dist.pairs(match_query[lo:hi], g_feats, index[lo:hi])
+def _blocks(dist, g_feats, q_block, chunk, buffer):
+    """(g_lo, g_hi, q_lo, q_hi, block): the [q_hi - q_lo, g_hi - g_lo] distance blocks of the
+    queries against g_feats' rows, gallery chunk by chunk (one GEMM each, into `buffer`)."""
+    Q, G = dist.q.shape[0], g_feats.shape[0]
+    for g_lo in range(0, G, chunk):
+        g_hi = min(G, g_lo + chunk)
+        g = dist.gallery(g_feats[g_lo:g_hi])
+        for q_lo in range(0, Q, q_block):
+            q_hi = min(Q, q_lo + q_block)
+            yield g_lo, g_hi, q_lo, q_hi, dist.block(q_lo, q_hi, g, buffer)
+
+
+class _MatchReader:
+    """Fills match_dist from the distance blocks themselves, so that a match's distance is the
+    GEMM value the count kernel compares with every other pair (one formula: duplicate gallery
+    rows tie exactly and the lower index wins, as `evaluate` on the matrix). index: gallery
+    indices of g_feats' rows offset by g_start."""
+
+    def __init__(self, offsets, index, match_dist, g_start):
+        nnz = index.shape[0]
+        self.offsets = offsets.tolist()
+        self.index, self.match_dist, self.g_start = index, match_dist, g_start
+        self.match_query = torch.repeat_interleave(torch.arange(offsets.shape[0] - 1, device=offsets.device),
+                                                   offsets.diff(), output_size=nnz)
+
+    def read(self, block, q_lo, q_hi, g_lo, g_hi):
+        """The matches of queries [q_lo, q_hi) in rows [g_lo, g_hi) of g_feats."""
+        lo, hi = self.offsets[q_lo], self.offsets[q_hi]
+        if lo == hi:
+            return
+        rows = self.index[lo:hi] - self.g_start
+        pos = torch.nonzero((rows >= g_lo) & (rows < g_hi)).squeeze(1)
+        if pos.numel():
+            self.match_dist[pos + lo] = block[self.match_query[pos + lo] - q_lo, rows[pos] - g_lo]
+
+
+def _match_distances(dist, g_feats, offsets, index, q_block, chunk, g_start=0):
+    """The distance of every match of g_feats' rows (query of its CSR row, gallery index[k], that
+    is row index[k] - g_start of g_feats), read from the distance blocks that `_count_gallery`
+    computes with the same q_block and chunk (one pass of GEMMs)."""
+    match_dist = torch.empty(index.shape[0], dtype=dist.compute, device=offsets.device)
+    if index.shape[0]:
+        reader = _MatchReader(offsets, index, match_dist, g_start)
+        buffer = torch.empty(q_block * chunk, dtype=dist.compute, device=g_feats.device)
+        for g_lo, g_hi, q_lo, q_hi, block in _blocks(dist, g_feats, q_block, chunk, buffer):
+            reader.read(block, q_lo, q_hi, g_lo, g_hi)
     return match_dist
 
 
 def _count_gallery(dist, g_feats, g_pids, g_start, q_pids, offsets, index, match_dist, counts, junk_pid, count_op,
-                   q_block, chunk, progress):
+                   q_block, chunk, progress, read_matches=False):
     """Streams g_feats (global gallery rows g_start, g_start + 1, ...) in chunks and adds to
     counts, for every match in (offsets, index, match_dist) (global gallery indices), the kept
-    other-pid items of these rows ranked before it."""
-    Q, G = q_pids.shape[0], g_feats.shape[0]
+    other-pid items of these rows ranked before it. read_matches: match_dist is filled here from
+    each block before it is counted (only when one chunk holds the whole gallery, so that a
+    block holds every match of its queries)."""
+    G = g_feats.shape[0]
+    reader = _MatchReader(offsets, index, match_dist, g_start) if read_matches else None
     buffer = torch.empty(q_block * chunk, dtype=dist.compute, device=g_feats.device)
     bar = _progress(G, progress)
     try:
-        for g_lo in range(0, G, chunk):
-            g_hi = min(G, g_lo + chunk)
-            g = dist.gallery(g_feats[g_lo:g_hi])
-            for q_lo in range(0, Q, q_block):
-                q_hi = min(Q, q_lo + q_block)
-                count_op(dist.block(q_lo, q_hi, g, buffer), q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_start + g_lo,
-                         offsets[q_lo:q_hi + 1], index, match_dist, junk_pid, counts)
-            if bar is not None:
+        for g_lo, g_hi, q_lo, q_hi, block in _blocks(dist, g_feats, q_block, chunk, buffer):
+            if reader is not None:
+                reader.read(block, q_lo, q_hi, g_lo, g_hi)
+            count_op(block, q_pids[q_lo:q_hi], g_pids[g_lo:g_hi], g_start + g_lo, offsets[q_lo:q_hi + 1], index,
+                     match_dist, junk_pid, counts)
+            if bar is not None and q_hi == q_pids.shape[0]:
                 bar.update(g_hi - g_lo)
     finally:
         if bar is not None:

@@ -71,6 +71,7 @@ GEM = _registry.register(_registry.OpDef(
         fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
         signature="(Tensor grad_out, Tensor x, Tensor p, float eps, bool need_grad_p)"
                   " -> (Tensor grad_x, Tensor grad_p_rows)",
+        double=_registry.no_double_backward,
     ),
     onnx="gem_onnx",
 ))

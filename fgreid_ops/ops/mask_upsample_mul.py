@@ -3,7 +3,7 @@
 import torch
 
 from .. import _backend, _registry
-from ..checks.mask_upsample_mul import check_inputs
+from ..checks.mask_upsample_mul import check_backward_inputs, check_inputs
 from ..reference.mask_upsample_mul import mask_upsample_mul_reference
 
 
@@ -43,7 +43,7 @@ def _fake_forward(feat, mask, mode, pool):
 
 
 def _fake_backward(grad_out, feat, mask, mode, pool, need_grad_feat, need_grad_mask):
-    check_inputs(feat, mask, mode)
+    check_backward_inputs(grad_out, feat, mask, mode, pool)
     grad_feat = feat.new_empty(tuple(feat.shape) if need_grad_feat else (0,))
     grad_mask = mask.new_empty(tuple(mask.shape) if need_grad_mask else (0,))
     return grad_feat, grad_mask
@@ -74,6 +74,7 @@ MASK_UPSAMPLE_MUL = _registry.register(_registry.OpDef(
         fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
         signature="(Tensor grad_out, Tensor feat, Tensor mask, str mode, bool pool, bool need_grad_feat,"
                   " bool need_grad_mask) -> (Tensor grad_feat, Tensor grad_mask)",
+        double=_registry.no_double_backward,
     ),
     onnx="mask_upsample_mul_onnx",
 ))

@@ -82,6 +82,22 @@ def _make_backward(backward_op):
     return backward
 
 
+# The backward is linear in grad_out (grad_out * mask; with pool grad_out / (H*W) * mask), so its
+# derivative is the adjoint map: double backward (gradient penalties) is exact, never zeros.
+def _setup_backward_backward(ctx, inputs, output):
+    ctx.pool = inputs[2] if len(inputs) > 2 else False
+    ctx.save_for_backward(inputs[1])
+
+
+def _make_backward_backward(forward_op):
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        masked = grad * mask
+        return (masked.mean((2, 3)) if ctx.pool else masked), None, None
+
+    return backward
+
+
 TOPK_MASK = _registry.register(_registry.OpDef(
     name="topk_mask", op="topk_mask", check=check_inputs, fake=_fake_forward, reference=topk_mask_reference,
     signature="(Tensor f1, Tensor f2, int k, bool pool=False) -> (Tensor out, Tensor mask)",
@@ -89,6 +105,7 @@ TOPK_MASK = _registry.register(_registry.OpDef(
     backward=_registry.Backward(
         fake=_fake_backward, setup_context=_setup_context, make=_make_backward,
         signature="(Tensor grad_out, Tensor mask, bool pool=False) -> Tensor",
+        double=_make_backward_backward, double_setup_context=_setup_backward_backward,
     ),
     onnx="topk_mask_onnx",
 ))

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._checks import check_index_range
 from ..checks.batch_hard_triplet import check_mine_backward_inputs, check_mine_inputs
 from ._utils import acc_dtype, grid, launcher
 
@@ -188,6 +189,10 @@ def _pair_distance_kernel(
         d = s
     else:
         d = tl.sqrt(tl.where(s < 1e-12, 1e-12, s))
+    if not COSINE:
+        # |a - b|^2 = inf only from an inf (or overflowing) row, whose search distance
+        # |a|^2 + |b|^2 - 2a.b is inf - inf = NaN: the selected pair keeps that NaN (not inf -> loss 0)
+        d = tl.where(s == float("inf"), float("nan"), d)
     tl.store(out_ptr + rows, tl.where(ok, d, MISSING), mask=row_ok)
 
 
@@ -282,6 +287,8 @@ def batch_hard_triplet_mine_triton(emb, labels, ref_emb, ref_labels, distance):
 @launcher(check_mine_backward_inputs)
 def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, idx_p, idx_n, d_ap, d_an,
                                             distance, need_ref_grad):
+    for arg, idx in (("idx_p", idx_p), ("idx_n", idx_n)):  # -1: no pair; the kernel gathers rows by the rest
+        check_index_range("batch_hard_triplet_mine_backward", arg, idx, -1, ref_emb.shape[0])
     B, D = emb.shape
     acc_torch, acc_tl = acc_dtype(emb.dtype)
     grad_emb = emb.new_empty((B, D))
@@ -296,6 +303,8 @@ def batch_hard_triplet_mine_triton_backward(grad_d_ap, grad_d_an, emb, ref_emb, 
     )
     if not need_ref_grad:
         return grad_emb, ref_emb.new_empty((0,))
+    if ref_emb.shape[0] == 0:  # every index is -1 (checked above): no row to gather into
+        return grad_emb, ref_emb.new_zeros(ref_emb.shape)
     # accumulate=True sums rows picked by several anchors (sort-based, deterministic on CUDA)
     grad_ref = ref_emb.new_zeros(ref_emb.shape, dtype=acc_torch)
     for idx, rows in zip((idx_p, idx_n), contrib):
