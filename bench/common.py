@@ -176,7 +176,9 @@ def time_cpu(fn: Callable, size: str) -> tuple[float, float, float]:
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=MIN_RUN_TIME[size])
     times = sorted(m.times)
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    # "inclusive": quantiles within the measured range (the default extrapolates past it, which
+    # with a few noisy blocks gave negative p20 times)
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) >= 2 else [times[0]] * 4
     return q[0], m.median, q[3]
 
 
