@@ -38,17 +38,22 @@ c10::OperatorHandle op(const char* name) { return c10::Dispatcher::singleton().f
 
 int main() {
   {
-    // 2^26 terms of 0.7f: one float32 running sum stalls at 2^24 * 0.7 / 2 (adding a term rounds
-    // it away); block sums combined pairwise stay within a few ulps.
+    // 2^26 terms of 0.7f in blocks: one float32 running sum over all of them stalls at 2^24 * 0.7 / 2
+    // (adding a term rounds it away); the block sums combined pairwise stay within a few ulps of
+    // the exact sum of those block sums (each block's own rounding is the same in both).
     constexpr int64_t n = int64_t(1) << 26;
     fgreid_ops::CascadeSum<float> sum;
+    float running = 0;
+    double exact = 0;
     for (int64_t i0 = 0; i0 < n; i0 += fgreid_ops::kSumBlock) {
       float block = 0;
       for (int64_t i = 0; i < fgreid_ops::kSumBlock; ++i) block += 0.7f;
       sum.add(block);
+      running += block;
+      exact += block;
     }
-    const double exact = static_cast<double>(0.7f) * static_cast<double>(n);
     expect(std::fabs(sum.total() - exact) / exact < 1e-6, "CascadeSum: 2^26 float32 terms within 1e-6 relative");
+    expect(std::fabs(running - exact) / exact > 1e-4, "CascadeSum test: a plain running sum of the blocks drifts");
   }
 
   auto gem_backward = op("fgreid::gem_backward")
