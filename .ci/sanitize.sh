@@ -27,9 +27,10 @@ rm -rf "$tree" && mkdir -p "$tree"
 cp -r fgreid_ops python_models tests pyproject.toml "$tree/"
 rm -f "$tree"/fgreid_ops/_C*.so
 cp "$work/asan/_C.abi3.so" "$tree/fgreid_ops/"
-# Python itself is not instrumented: the ASan runtime must be loaded first.
-libasan=$(c++ -print-file-name=libasan.so)
-(cd "$tree" && LD_PRELOAD="$libasan" python -m pytest -q -x -p no:cacheprovider \
+# Python itself is not instrumented: the ASan runtime must be loaded first, and libstdc++ with it
+# (else ASan's __cxa_throw interceptor finds no real __cxa_throw when torch raises a C++ error).
+preload="$(c++ -print-file-name=libasan.so) $(c++ -print-file-name=libstdc++.so)"
+(cd "$tree" && LD_PRELOAD="$preload" python -m pytest -q -x -p no:cacheprovider \
   tests/test_cpp_hardening.py tests/test_gem.py tests/test_off.py tests/test_mask_upsample_mul.py \
   tests/test_topk_mask.py tests/test_batch_hard_triplet.py tests/test_evaluate.py \
   -k "(forward or backward or bad or raises or hardening or crash or alias) and not triton and not compile and not hypothesis")
