@@ -31,7 +31,7 @@ def _with_cuda():
 
 
 def extension():
-    sources = ["csrc/fgreid_ops.cpp", "csrc/python_module.cpp"] + _sources("csrc/cpu/*.cpp")
+    sources = ["csrc/python_module.cpp"] + _sources("csrc/ops/*.cpp") + _sources("csrc/cpu/*.cpp")
     # -fno-trapping-math lets gcc if-convert the selects in fast_math.h and vectorize the loops.
     # Py_LIMITED_API is defined by torch's BuildExtension (py_limited_api=True), to its minimum
     # supported CPython, which pyproject.toml's requires-python matches.

@@ -5,7 +5,7 @@ public op its messages name, its argument checks, its fake, its backward (fake, 
 the formula), the backends that have a kernel, its Triton launchers, its reference and its ONNX
 lowering. `register` turns a description into the torch.library registrations:
 
-* the C++ schema ``fgreid::<name>`` (csrc/fgreid_ops.cpp, CPU and CUDA kernels) gets the fake and
+* the C++ schema ``fgreid::<name>`` (csrc/ops/<op>.cpp, CPU and CUDA kernels) gets the fake and
   the autograd formula, when the extension loaded;
 * the Triton variant ``fgreid::<name>_triton`` (and ``<name>_triton_backward``) is defined here
   from `signature` (no C++ build needed), gets the same fake and formula, and the launchers of
@@ -58,7 +58,7 @@ class OpDef:
     op's arguments, or None where the public function calls a whole-op reference itself.
     cpp: the backends with a C++ kernel ("cpu", "cuda"). triton: the module of
     ``fgreid_ops/triton`` holding its launchers, or None. signature: the schema after the name,
-    as in csrc/fgreid_ops.cpp (the Triton twin is defined from it). onnx: the name of its
+    as in csrc/ops/<op>.cpp (the Triton twin is defined from it). onnx: the name of its
     lowering in fgreid_ops.onnx, or None for an op with no inference use."""
 
     name: str
