@@ -1,7 +1,8 @@
 """Writes the README's benchmark tables from the committed results JSON, between the markers
 <!-- bench-cpu --> ... <!-- /bench-cpu --> (bench/results/cpu.json) and <!-- bench-gpu --> ...
 <!-- /bench-gpu --> (every GPU results file, bench/results/<gpu>.json, written by
-bench/gpu_check.py or bench/run.py --device cuda). The tables are never typed by hand:
+bench/gpu_check.py or bench/run.py --device cuda) and <!-- bench-rerank --> ... <!-- /bench-rerank -->
+(bench/results/rerank_cpu.json, written by bench/rerank.py). The tables are never typed by hand:
 
     python bench/render_readme.py           # rewrite README.md
     python bench/render_readme.py --check   # exit 1 if README.md differs (tests/test_bench_readme.py)
@@ -65,7 +66,30 @@ def sections(results_dir=RESULTS):
     else:
         gpu = ("No GPU results committed yet: `python bench/gpu_check.py` on a GPU machine validates every GPU "
                "kernel and writes `bench/results/<gpu>.json`.")
-    return {"bench-cpu": cpu, "bench-gpu": gpu}
+    return {"bench-cpu": cpu, "bench-gpu": gpu, "bench-rerank": rerank_section(results_dir)}
+
+
+def rerank_section(results_dir=RESULTS):
+    """The re-ranking bench: seconds and peak RSS per size and provider (bench/rerank.py)."""
+    path = os.path.join(results_dir, "rerank_cpu.json")
+    if not os.path.exists(path):
+        return "No re-ranking results committed yet: `python bench/rerank.py` writes `bench/results/rerank_cpu.json`."
+    with open(path) as f:
+        data = json.load(f)
+    params = ", ".join(f"{k}={v}" for k, v in data["params"].items())
+    lines = [f"`{_relative(path)}`: {data['device']} ({data['cpu_count']} cores), threads {data['threads']}, "
+             f"torch {data['torch']}, {params}.", "",
+             "| size | Q × G, D | provider | seconds | peak RSS | mAP | taken |",
+             "|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        shape = f"{row['Q']:,} × {row['G']:,}, {row['D']}"
+        if row["status"] == "ok":
+            cells = [f"{row['seconds']:.1f}", f"{row['peak_rss_bytes'] / 1e9:.2f} GB", f"{row['metrics']['mAP']:.4f}"]
+        else:
+            cells = [f"{row['status']}: {row.get('reason', '')}", "—", "—"]
+        taken = "; ".join(x for x in (row.get("time", "")[:16].replace("T", " "), row.get("note", "")) if x)
+        lines.append(f"| {row['size']} | {shape} | {row['provider']} | " + " | ".join(cells) + f" | {taken} |")
+    return "\n".join(lines)
 
 
 def render(readme_text, results_dir=RESULTS):

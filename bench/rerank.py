@@ -219,7 +219,10 @@ def main(argv=None):
     kept = []
     if os.path.exists(args.out):
         with open(args.out) as f:
-            kept = [r for r in json.load(f).get("rows", []) if key(r) not in fresh]
+            previous = json.load(f)
+        # a file of the older format had one run's time and note at the top: they stay with its rows
+        inherited = {k: previous[k] for k in ("time", "note") if k in previous}
+        kept = [{**inherited, **r} for r in previous.get("rows", []) if key(r) not in fresh]
     results = {
         "bench": "rerank", "device": cpu_name(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "params": PARAMS,
