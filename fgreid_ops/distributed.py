@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from . import _checks as checks
 from .checks.evaluate import check_max_rank
+from .checks.rerank import rerank_params
 from .ops.evaluate import (EvaluationResult, _chunk_sizes, _compute_dtype, _count_gallery, _Distances,
                            _match_distances, _prepare_features, _result, _streaming_kernels)
 from .ops.evaluate import evaluate_features as _evaluate_features
@@ -236,13 +237,13 @@ def batch_hard_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float | 
 # --- sharded evaluation ------------------------------------------------------------------------
 
 _EVALUATE_SAME = ("q_feats (dtype, shape, device)", "g_feats.dtype", "g_feats.shape[1] (D)",
-                  "the queries (q_feats, q_pids, q_camids)", "metric", "max_rank", "junk_pid", "backend")
+                  "the queries (q_feats, q_pids, q_camids)", "metric", "max_rank", "junk_pid", "backend", "rerank")
 
 
 def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                       metric: str = "euclidean", memory_budget: int = 256 * 2**20, progress: bool = False,
                       return_per_query: bool = False, junk_pid: int | None = None,
-                      backend: str | None = None, group=None) -> EvaluationResult:
+                      backend: str | None = None, rerank: dict | None = None, group=None) -> EvaluationResult:
     """fgreid_ops.evaluate_features with the gallery sharded over the ranks of `group`.
 
     Each rank passes the same queries (q_feats, q_pids, q_camids) and its own shard of the
@@ -262,6 +263,10 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     (as one process with another memory_budget may), which can only reorder items whose
     distances differ by such a rounding. With backend="reference" (or under use_reference())
     the gallery is gathered to every rank and the reference runs there (not O(shard)).
+    With ``rerank`` (k-reciprocal re-ranking, as in fgreid_ops.evaluate_features) the gallery is
+    gathered too: every row's neighbours depend on the whole gallery, so each rank holds all the
+    features (O(G·D) per rank, plus the O(N·(k1 + k2)) re-ranking state) and streams the
+    re-ranked distances of all queries, as one process does.
 
     The queries' bits, shapes, dtypes, device type and the options are checked to agree across
     ranks first (one descriptor all-gathered); a disagreement or a bad argument on any rank
@@ -271,7 +276,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
     if world_size(group) == 1:
         return _evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_rank,
                                   metric=metric, memory_budget=memory_budget, progress=progress,
-                                  return_per_query=return_per_query, junk_pid=junk_pid, backend=backend)
+                                  return_per_query=return_per_query, junk_pid=junk_pid, backend=backend,
+                                  rerank=rerank)
     name = "evaluate_features"
     fields, error = {"gallery rows": 0}, None
     try:
@@ -281,7 +287,8 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
         fields = {"gallery rows": g.shape[0], "q_feats (dtype, shape, device)": _describe(q),
                   "g_feats.dtype": str(g.dtype), "g_feats.shape[1] (D)": g.shape[1],
                   "the queries (q_feats, q_pids, q_camids)": f"checksum {_fingerprint(q, ids[0], ids[2]):#010x}",
-                  "metric": metric, "max_rank": max_rank, "junk_pid": junk_pid, "backend": backend}
+                  "metric": metric, "max_rank": max_rank, "junk_pid": junk_pid, "backend": backend,
+                  "rerank": None if rerank is None else rerank_params(f"distributed.{name}", rerank)}
     except Exception as e:  # raised on every rank by _agree
         error = e
     everyone = _agree(name, group, fields, _EVALUATE_SAME, error)
@@ -292,11 +299,12 @@ def evaluate_features(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, max_
                          f"got empty shards on all {len(sizes)} ranks")
     check_max_rank(f"distributed.{name}", max_rank, sum(sizes))  # the same sizes, so the same verdict, on every rank
     q_pids, g_pids, q_camids, g_camids = ids
-    if backend == "reference":
+    if backend == "reference" or rerank is not None:
         gathered = [_gather_padded(t, sizes, group) for t in (g, g_pids, g_camids)]
         return _evaluate_features(q, gathered[0], q_pids, gathered[1], q_camids, gathered[2], max_rank,
-                                  metric=metric, return_per_query=return_per_query, junk_pid=junk_pid,
-                                  backend="reference")
+                                  metric=metric, memory_budget=memory_budget, progress=progress,
+                                  return_per_query=return_per_query, junk_pid=junk_pid, backend=backend,
+                                  rerank=rerank)
 
     Q, D, G = q.shape[0], q.shape[1], g.shape[0]
     g_start = sum(sizes[: dist.get_rank(group)])

@@ -17,6 +17,11 @@ of the gallery, the query features are all-gathered, and
 ``fgreid_ops.distributed.evaluate_features`` ranks every query against the sharded gallery (the
 same metrics as one process; memory per rank O(gallery / N)). MARS and FGPR (the video model's
 eq. 4 distance matrix) run whole on every rank. Only rank 0 prints and writes ``--json``.
+
+``--rerank`` re-ranks the Euclidean distances with k-reciprocal encoding (Zhong et al. 2017,
+``fgreid_ops.evaluate_features(..., rerank=...)``: streamed, never the Q×G matrix; under torchrun
+every rank gathers the gallery, since each row's neighbours depend on all of it). It needs single
+features: the video model's per-stream eq. 4 distance is not re-ranked.
 """
 
 import argparse
@@ -27,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import fgreid_ops
+from fgreid_ops.checks.rerank import rerank_params
 
 from . import launch as launcher
 from .config import build_model
@@ -115,17 +121,22 @@ def _ids(items):
     return torch.tensor([s.pid for s in items]), torch.tensor([s.camid for s in items])
 
 
-def market_protocol(q_feats, g_feats, query, gallery, max_rank=50) -> dict:
+def market_protocol(q_feats, g_feats, query, gallery, max_rank=50, rerank=None) -> dict:
     """Single features: the streamed ``evaluate_features`` (Euclidean; never the whole Q×G
-    matrix, which MSMT17-size galleries need); the video model's per-stream features: the
-    eq. 4 distance matrix, then ``evaluate``."""
+    matrix, which MSMT17-size galleries need), re-ranked with `rerank` ({"k1", "k2",
+    "lambda_value"}) unless None; the video model's per-stream features: the eq. 4 distance
+    matrix, then ``evaluate``."""
     q_pids, q_cams = _ids(query)
     g_pids, g_cams = _ids(gallery)
     max_rank = min(max_rank, len(gallery))
     if isinstance(q_feats, dict):
+        if rerank is not None:
+            raise ValueError("python_models.evaluate: --rerank needs single features; the video model's "
+                             "per-stream features are ranked by the eq. 4 distance, which is not re-ranked")
         result = fgreid_ops.evaluate(distance(q_feats, g_feats), q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
     else:
-        result = fgreid_ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
+        result = fgreid_ops.evaluate_features(q_feats, g_feats, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
+                                              rerank=rerank)
     return metrics_dict(result)
 
 
@@ -134,7 +145,7 @@ def _take(feats, idx):
     return {k: v[idx] for k, v in feats.items()} if isinstance(feats, dict) else feats[idx]
 
 
-def fgpr_protocol(feats, tracklets) -> dict:
+def fgpr_protocol(feats, tracklets, rerank=None) -> dict:
     """{"all": metrics, <group>: metrics}; each the mean of (A gallery, B probes) and the swap."""
     groups = sorted({t.group for t in tracklets})
     cams = {g: sorted({t.camid for t in tracklets if t.group == g}) for g in groups}
@@ -143,7 +154,7 @@ def fgpr_protocol(feats, tracklets) -> dict:
         q = [i for i, t in enumerate(tracklets) if t.group in group_list and t.camid == cams[t.group][1 - gallery_side]]
         g = [i for i, t in enumerate(tracklets) if t.group in group_list and t.camid == cams[t.group][gallery_side]]
         return market_protocol(_take(feats, q), _take(feats, g), [tracklets[i] for i in q],
-                               [tracklets[i] for i in g], max_rank=5)
+                               [tracklets[i] for i in g], max_rank=5, rerank=rerank)
 
     def both_ways(group_list):
         a, b = one_way(0, group_list), one_way(1, group_list)
@@ -162,7 +173,7 @@ def _my_slice(items):
     return items[len(items) * rank // world: len(items) * (rank + 1) // world]
 
 
-def sharded_market_protocol(model, data, cfg, device, batch_size, workers, max_rank=50) -> dict:
+def sharded_market_protocol(model, data, cfg, device, batch_size, workers, max_rank=50, rerank=None) -> dict:
     """market_protocol over the ranks: features of this rank's slice of the queries and of the
     gallery; the query features all-gathered; fgreid_ops.distributed.evaluate_features on the
     sharded gallery. Tensors live on `device` (CUDA under NCCL, CPU under gloo)."""
@@ -178,13 +189,14 @@ def sharded_market_protocol(model, data, cfg, device, batch_size, workers, max_r
     g_pids, g_cams = _ids(gallery) if gallery else (torch.zeros(0, dtype=torch.int64),) * 2
     result = fgreid_ops.distributed.evaluate_features(
         q_feats, g_feats.to(device), q_pids.to(device), g_pids.to(device), q_cams.to(device), g_cams.to(device),
-        max_rank=min(max_rank, len(data.gallery)))
+        max_rank=min(max_rank, len(data.gallery)), rerank=rerank)
     return metrics_dict(result)
 
 
-def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_features=None) -> dict:
+def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_features=None, rerank=None) -> dict:
     """Metrics of `model` on `data` with the dataset's protocol ({"all": …} per FGPR group);
-    sharded over the ranks under torch.distributed for the image datasets.
+    sharded over the ranks under torch.distributed for the image datasets; re-ranked with
+    `rerank` (a dict of k1, k2, lambda_value) unless None.
     `on_features(q_feats, g_feats)`, when given, also gets the features (FGPR: all tracklets twice;
     one process only)."""
     if data.name in ("mars", "fgpr"):
@@ -194,21 +206,21 @@ def evaluate_model(model, data, cfg, device, batch_size=None, workers=4, on_feat
         if data.name == "fgpr":
             if on_features is not None:
                 on_features(feats, feats)
-            return fgpr_protocol(feats, data.query)
+            return fgpr_protocol(feats, data.query, rerank)
         nq = len(data.query)
         q = _take(feats, range(nq))
         g = _take(feats, range(nq, nq + len(data.gallery)))
         if on_features is not None:
             on_features(q, g)
-        return market_protocol(q, g, data.query, data.gallery)
+        return market_protocol(q, g, data.query, data.gallery, rerank=rerank)
     bs = batch_size or 128
     if fgreid_ops.distributed.world_size() > 1:
-        return sharded_market_protocol(model, data, cfg, device, bs, workers)
+        return sharded_market_protocol(model, data, cfg, device, bs, workers, rerank=rerank)
     q = image_features(model, data.query, cfg, device, bs, workers)
     g = image_features(model, data.gallery, cfg, device, bs, workers)
     if on_features is not None:
         on_features(q, g)
-    return market_protocol(q, g, data.query, data.gallery)
+    return market_protocol(q, g, data.query, data.gallery, rerank=rerank)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -241,11 +253,27 @@ def main(argv=None) -> dict:
                              "(one process: not under torchrun)")
     parser.add_argument("--num-queries", type=int, default=None, metavar="N",
                         help="with --visualize-ranks: only the first N queries (default: all)")
+    parser.add_argument("--rerank", action="store_true",
+                        help="k-reciprocal re-ranking of the distances (streamed; single features only)")
+    parser.add_argument("--k1", type=int, default=20, help="with --rerank: k of the k-reciprocal sets (default 20)")
+    parser.add_argument("--k2", type=int, default=6, help="with --rerank: neighbours of the query expansion (default 6)")
+    parser.add_argument("--lambda-value", type=float, default=0.3,
+                        help="with --rerank: weight of the original distance (default 0.3)")
     args = parser.parse_args(argv)
+    rerank = None
+    if args.rerank:
+        rerank = {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value}
+        try:  # a bad value fails here, before the features are extracted
+            rerank_params("evaluate_features", rerank)
+        except (TypeError, ValueError) as e:
+            parser.error(f"--rerank: {e}")
     launch = launcher.start(args.device)
     args.device = launch.device
 
     model, ckpt = load_checkpoint(args.checkpoint, args.device)
+    if rerank is not None and isinstance(model, FGVideoNet):
+        raise SystemExit("python_models.evaluate: --rerank needs single features; the video model ranks by its "
+                         "per-stream eq. 4 distance, which is not re-ranked")
     cfg = ckpt["config"]
     name, root = args.dataset or cfg["dataset"], args.root or cfg["root"]
     split = args.split if args.split is not None else cfg.get("split", 0)
@@ -259,9 +287,9 @@ def main(argv=None) -> dict:
     if args.visualize_ranks and launch.main:
         from .visualize import rank_visualizer
 
-        on_features = rank_visualizer(data, args.visualize_ranks, args.num_queries)
+        on_features = rank_visualizer(data, args.visualize_ranks, args.num_queries, rerank=rerank)
     with fgreid_ops.use_reference(args.reference):
-        metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers, on_features)
+        metrics = evaluate_model(model, data, cfg, args.device, args.batch_size, args.workers, on_features, rerank)
     launcher.finish(launch)
     if not launch.main:
         return metrics

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+import fgreid_ops
+
 MATCH = (0, 200, 0)
 NON_MATCH = (220, 0, 0)
 QUERY = (128, 128, 128)
@@ -88,10 +90,13 @@ def _take(feats, idx):
     return {k: v[idx] for k, v in feats.items()} if isinstance(feats, dict) else feats[idx]
 
 
-def rank_visualizer(data, out_dir: str, num_queries: int | None = None, topk: int = 10, chunk: int = 256):
+def rank_visualizer(data, out_dir: str, num_queries: int | None = None, topk: int = 10, chunk: int = 256,
+                    rerank: dict | None = None):
     """A callback for ``evaluate_model(..., on_features=...)``: from the query and gallery features
     (the video model's: a dict per stream, distance eq. 4), writes the strips of the first
-    `num_queries` queries (all by default) and ``ranks.json`` into `out_dir`."""
+    `num_queries` queries (all by default) and ``ranks.json`` into `out_dir`. With `rerank`
+    (k1, k2, lambda_value) the lists follow the re-ranked distances, as the metrics do; those
+    come from fgreid_ops.rerank over all queries, a [Q, G] matrix."""
     from .fg_video import fg_distance
 
     def on_features(q_feats, g_feats):
@@ -99,13 +104,19 @@ def rank_visualizer(data, out_dir: str, num_queries: int | None = None, topk: in
         q_idx, g_idx = list(range(len(query))), list(range(len(gallery)))
         if data.name == "fgpr":  # one list of tracklets, split by camera
             (q_idx, g_idx), gallery = fgpr_split(data.query), data.query
-        q_idx = q_idx[:num_queries]
         g = _take(g_feats, g_idx)
+        reranked = None
+        if rerank is not None:  # every query shapes the re-ranked distances, so all of them go in
+            reranked = fgreid_ops.rerank(_take(q_feats, q_idx).float(), g.float(), **rerank)
+        q_idx = q_idx[:num_queries]
         index = []
         for start in range(0, len(q_idx), chunk):  # never the whole query x gallery matrix
             rows = q_idx[start:start + chunk]
             q = _take(q_feats, rows)
-            distmat = fg_distance(q, g) if isinstance(q, dict) else torch.cdist(q.float(), g.float())
+            if reranked is not None:
+                distmat = reranked[start:start + len(rows)]
+            else:
+                distmat = fg_distance(q, g) if isinstance(q, dict) else torch.cdist(q.float(), g.float())
             index += write_ranked_results(distmat, [query[i] for i in rows], [gallery[j] for j in g_idx],
                                           out_dir, topk, first=start)
         os.makedirs(out_dir, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fgreid_ops
 from python_models import visualize
 from reid_fixtures import make_market
 
@@ -121,6 +122,34 @@ def test_evaluate_writes_ranked_strips(trained):
         assert tuple(strip[1, 1]) == visualize.QUERY
         colours = [tuple(strip[1, visualize.cell_left(r, 128) + 1]) for r in range(10)]
         assert colours == [visualize.MATCH if m else visualize.NON_MATCH for m in e["match"]]
+
+
+def test_evaluate_reranks(trained):
+    """--rerank: the metrics of the re-ranked streamed evaluation (not the plain one), and strips in
+    the re-ranked order; a bad value is a usage error before any feature is extracted."""
+    from python_models import evaluate
+    from python_models.datasets import load_dataset
+
+    tmp, out = trained
+    ranks = str(tmp / "ranks-rerank")
+    run([*console("fgreid-evaluate"), "--checkpoint", os.path.join(out, "last.pt"), "--workers", "0",
+         "--device", "cpu", "--rerank", "--k1", "5", "--k2", "3", "--lambda-value", "0.2",
+         "--json", str(tmp / "reranked.json"), "--visualize-ranks", ranks, "--num-queries", "3"])
+    model, ckpt = evaluate.load_checkpoint(os.path.join(out, "last.pt"))
+    data = load_dataset(ckpt["config"]["dataset"], ckpt["config"]["root"])
+    params = {"k1": 5, "k2": 3, "lambda_value": 0.2}
+    feats = {}
+    want = evaluate.evaluate_model(model, data, ckpt["config"], "cpu", workers=0, rerank=params,
+                                   on_features=lambda q, g: feats.update(q=q, g=g))
+    plain = evaluate.evaluate_model(model, data, ckpt["config"], "cpu", workers=0)
+    assert json.load(open(tmp / "reranked.json")) == json.loads(json.dumps(want)) != json.loads(json.dumps(plain))
+    distmat = fgreid_ops.rerank(feats["q"], feats["g"], **params)
+    for e, row in zip(json.load(open(os.path.join(ranks, "ranks.json"))), distmat):
+        assert e["distance"] == pytest.approx(row.sort().values[:10].tolist())
+    bad = subprocess.run([*console("fgreid-evaluate"), "--checkpoint", os.path.join(out, "last.pt"), "--rerank",
+                          "--k1", "0"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])})
+    assert bad.returncode == 2 and "--rerank: fgreid_ops.evaluate_features: expected k1" in bad.stderr, bad.stderr
 
 
 def test_export_runs(tmp_path):

@@ -79,6 +79,30 @@ def _sharded_equals_one_process(rank, world):
         _assert_same(got, on_matrix)
 
 
+def _reranked_sharded_equals_one_process(rank, world):
+    g = torch.Generator().manual_seed(11)
+    sizes = [9, 0, 14][:world] if world == 3 else [9, 14]
+    centres = torch.randn(6, 8, generator=g)
+    pids = torch.randint(0, 6, (7 + sum(sizes),), generator=g)
+    feats = centres[pids] + 0.7 * torch.randn(pids.shape[0], 8, generator=g)
+    cams = torch.randint(0, 3, (pids.shape[0],), generator=g)
+    q, gal, q_pids, g_pids, q_cams, g_cams = feats[:7], feats[7:], pids[:7], pids[7:], cams[:7], cams[7:]
+    params = {"k1": 5, "k2": 3, "lambda_value": 0.3}
+    want = fgreid_ops.evaluate_features(q, gal, q_pids, g_pids, q_cams, g_cams, 10, return_per_query=True,
+                                        rerank=params)
+    plain = fgreid_ops.evaluate_features(q, gal, q_pids, g_pids, q_cams, g_cams, 10, return_per_query=True)
+    assert not torch.equal(want.ap, plain.ap)  # re-ranking changed the ranking: the case can fail
+    lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    got = distributed.evaluate_features(q, gal[lo:hi], q_pids, g_pids[lo:hi], q_cams, g_cams[lo:hi], 10,
+                                        return_per_query=True, rerank=params)
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_reranked_sharded_evaluation_equals_one_process(world):
+    run_ranks(_reranked_sharded_equals_one_process, world)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_evaluation_equals_one_process(world):
     run_ranks(_sharded_equals_one_process, world)
@@ -168,6 +192,10 @@ def _mismatches(rank, world, out_dir):
             q, gal[g_mine], q_pids, g_pids[g_mine][:1] if other else g_pids[g_mine], q_cams, g_cams[g_mine]),
         "evaluate max_rank": lambda: distributed.evaluate_features(
             q, gal[g_mine], q_pids, g_pids[g_mine], q_cams, g_cams[g_mine], 5 if other else 4),
+        "evaluate rerank": lambda: distributed.evaluate_features(
+            q, gal[g_mine], q_pids, g_pids[g_mine], q_cams, g_cams[g_mine], rerank={"k1": 4 if other else 6}),
+        "evaluate bad rerank on one rank": lambda: distributed.evaluate_features(
+            q, gal[g_mine], q_pids, g_pids[g_mine], q_cams, g_cams[g_mine], rerank={"k": 4} if other else True),
         "evaluate all shards empty": lambda: distributed.evaluate_features(
             q, gal[:0], q_pids, g_pids[:0], q_cams, g_cams[:0]),
         "gather rows dtype": lambda: distributed.all_gather_rows(torch.ones(2, 3, dtype=torch.int32 if other
@@ -207,6 +235,8 @@ EXPECTED = {
     "evaluate other query pids": "expected the queries (q_feats, q_pids, q_camids) to be the same on every rank",
     "evaluate bad g_pids on one rank": "on rank 1: fgreid_ops.distributed.evaluate_features: expected g_pids",
     "evaluate max_rank": "expected max_rank to be the same on every rank",
+    "evaluate rerank": "expected rerank to be the same on every rank, got rank 0: (6, 6, 0.3), rank 1: (4, 6, 0.3)",
+    "evaluate bad rerank on one rank": "on rank 1: fgreid_ops.distributed.evaluate_features: expected rerank keys",
     "evaluate all shards empty": "expected at least one gallery item over all ranks",
     "gather rows dtype": "expected x.dtype to be the same on every rank",
     "sync bn dtype": "expected input.dtype to be the same on every rank",
