@@ -191,6 +191,18 @@ def time_cuda(fn: Callable, size: str) -> tuple[float, float, float]:
     return tuple(v / 1e3 for v in ms)
 
 
+def copy_bandwidth_cpu(size: str = "default") -> tuple[float, float]:
+    """Measured copy bandwidth on CPU with the current thread count, bytes/s (read + write of
+    256 MiB): into an existing buffer, and into freshly allocated memory (what an op that returns
+    a new tensor pays: the first touch of every page faults it in)."""
+    src = torch.ones(1 << 26, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    moved = 2 * src.numel() * src.element_size()
+    _, into_existing, _ = time_cpu(lambda: dst.copy_(src), size)
+    _, into_fresh, _ = time_cpu(lambda: torch.empty_like(src).copy_(src), size)
+    return moved / into_existing, moved / into_fresh
+
+
 def peak_bandwidth_cuda() -> float:
     """Measured device-to-device copy bandwidth in bytes/s (read + write of 1 GiB)."""
     src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")

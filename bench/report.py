@@ -8,7 +8,7 @@ import statistics
 import sys
 
 OURS = "fgreid"
-ROOFLINE = "% of device-copy bandwidth (CUDA)"
+ROOFLINE = "% of the measured copy bandwidth"
 
 
 def echo(message):
@@ -74,27 +74,47 @@ def caveats(meta):
     return out
 
 
+def has_bandwidth(data):
+    """Whether the rows carry % of a measured copy bandwidth (CUDA runs; CPU runs since it is measured there)."""
+    return any(r.get("pct_peak_bw") is not None for r in data["results"])
+
+
+def bandwidth_text(meta):
+    """What % BW is measured against, in words."""
+    if meta["device_type"] == "cuda":
+        return (f" % BW is that over the measured device-copy bandwidth ({meta['peak_bandwidth_gbps']:.0f} GB/s)."
+                if meta.get("peak_bandwidth_gbps") else "")
+    copy, fresh = meta.get("copy_bandwidth_gbps"), meta.get("fresh_copy_bandwidth_gbps") or {}
+    if not copy:
+        return ""
+    per_threads = "; ".join(f"{t} thread{'s' if t != '1' else ''}: {gbps:.1f} GB/s"
+                            + (f", into fresh memory {fresh[t]:.1f} GB/s" if t in fresh else "") for t, gbps in copy.items())
+    return (f" % BW is that over the measured copy bandwidth into an existing buffer ({per_threads}). A copy into "
+            "freshly allocated memory pays a page fault per page: that bounds an op that returns a new tensor.")
+
+
 def markdown(data):
     meta, rows = data["meta"], data["results"]
     cuda = meta["device_type"] == "cuda"
+    bw = has_bandwidth(data)
     lines = [f"# fgreid_ops benchmark — {meta['device']}", "", header(meta), ""]
     lines += [f"> {c}" for c in caveats(meta)] + ([""] if caveats(meta) else [])
     lines += [f"Command: `{meta['command']}`.", "",
               "Speedups are ratios of medians in the same run (higher is better). "
-              "GB/s counts the bytes an ideal kernel moves." + (
-                  f" % BW is that over the measured device-copy bandwidth ({meta['peak_bandwidth_gbps']:.0f} GB/s)."
-                  if cuda and meta.get("peak_bandwidth_gbps") else ""), ""]
+              "GB/s counts the bytes an ideal kernel moves." + bandwidth_text(meta), ""]
     op_rows = [r for r in rows if not r.get("items_per_s")]
     if op_rows:
         head = "| op | config | mode | threads | provider | median ms | p20–p80 ms | GB/s | vs eager | vs compile |"
-        head += " % BW | peak MiB |" if cuda else ""
+        head += (" % BW |" if bw else "") + (" peak MiB |" if cuda else "")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for r in op_rows:
             line = (f"| {r['op']} | {r['config']} | {r['mode']} | {r['threads']} | {r['provider']} | {r['median_ms']:.3f} | "
                     f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f} | {fmt(r['gbps'], '.1f')} | {fmt(r['vs_eager'], '.2f', '×')} | "
                     f"{fmt(r['vs_compile'], '.2f', '×')} |")
+            if bw:
+                line += f" {fmt(r.get('pct_peak_bw'), '.0f')} |"
             if cuda:
-                line += f" {fmt(r.get('pct_peak_bw'), '.0f')} | {fmt(r.get('peak_mib'), '.0f')} |"
+                line += f" {fmt(r.get('peak_mib'), '.0f')} |"
             lines.append(line)
     model_rows = [r for r in rows if r.get("items_per_s")]
     if model_rows:
@@ -142,7 +162,7 @@ def summary(data):
         for mode in ("fwd", "fwd+bwd"):
             if mode in modes:
                 bw, vc, ve, n = modes[mode]
-                bw_text = f"{fmt(bw, '.0f', '% BW')}, " if data["meta"]["device_type"] == "cuda" else ""
+                bw_text = f"{fmt(bw, '.0f', '% BW')}, " if bw is not None else ""
                 parts.append(f"{mode}: {bw_text}{fmt(vc, '.2f', '× compile')}, {fmt(ve, '.2f', '× eager')} ({n} cases)")
         lines.append(f"{op + ' [' + provider + ']':<{width}}  " + " | ".join(parts))
     return "\n".join(lines)
@@ -160,9 +180,10 @@ def readme_section(data, results_path):
         if _is_ours(r["provider"]):
             key = (r["op"], r["config"], r["provider"], r["threads"])
             cells.setdefault(key, {})[r["mode"]] = r
+    bw = has_bandwidth(data)
     lines += ["", "| op | case | " + ("threads | " if many_threads else "") + "provider | forward ×eager / ×compile | "
-              "forward+backward ×eager / ×compile |" + (" % copy BW fwd / fwd+bwd |" if meta["device_type"] == "cuda" else ""),
-              "|---|---|" + ("---|" if many_threads else "") + "---|---|---|" + ("---|" if meta["device_type"] == "cuda" else "")]
+              "forward+backward ×eager / ×compile |" + (" % copy BW fwd / fwd+bwd |" if bw else ""),
+              "|---|---|" + ("---|" if many_threads else "") + "---|---|---|" + ("---|" if bw else "")]
     for (op, config, provider, threads), modes in cells.items():
         def pair(mode):
             r = modes.get(mode)
@@ -174,7 +195,7 @@ def readme_section(data, results_path):
                 text = f"{fmt(r['vs_eager'], '.2f', '×')} / {fmt(r['vs_compile'], '.2f', '×')}"
             return text + (f" ({r['items_per_s']:.1f} img/s)" if r.get("items_per_s") else "")
         line = f"| {op} | {config} | " + (f"{threads} | " if many_threads else "") + f"{provider} | {pair('fwd')} | {pair('fwd+bwd')} |"
-        if meta["device_type"] == "cuda":
+        if bw:
             line += " " + " / ".join(fmt((modes.get(m) or {}).get("pct_peak_bw"), ".0f", "%") for m in ("fwd", "fwd+bwd")) + " |"
         lines.append(line)
     return "\n".join(lines)
@@ -256,8 +277,10 @@ def plot(data, path):
                 ax.bar_label(bars, labels=[f"{v:.0f}%" for v in ours_bw], fontsize=5, padding=1)
                 ax.barh([v + 0.2 for v in y], theirs, height=0.4, color="tab:gray", label="torch.compile")
                 ax.axvline(100.0, color="k", lw=1)
-                ax.set_xlabel(f"% of the measured copy bandwidth ({fmt(meta.get('peak_bandwidth_gbps'), '.0f')} GB/s); "
-                              "green fgreid_ops, gray torch.compile", fontsize=7)
+                measured = (f"{fmt(meta.get('peak_bandwidth_gbps'), '.0f')} GB/s" if meta["device_type"] == "cuda" else
+                            ", ".join(f"{t}t {v:.1f} GB/s" for t, v in (meta.get("copy_bandwidth_gbps") or {}).items()))
+                ax.set_xlabel(f"% of the measured copy bandwidth ({measured}); green fgreid_ops, gray torch.compile",
+                              fontsize=7)
                 ax.legend(fontsize=6, loc="lower right")
             ax.set_yticks(y, [label(r, multi, name == ROOFLINE) for r in rs], fontsize=6)
             ax.invert_yaxis()

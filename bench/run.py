@@ -7,8 +7,9 @@
 
 Writes bench/results/<name>.json, .md and .png, where <name> is "cpu" or the GPU's name (prefixed
 "quick-" for --quick, suffixed with the ops for an --ops subset). Speedups are ratios of medians
-measured in the same process; GB/s uses the bytes an ideal kernel moves, and on CUDA also the
-percentage of the measured device-copy bandwidth. A provider that fails is reported and the run
+measured in the same process; GB/s uses the bytes an ideal kernel moves, and % BW that over the
+measured copy bandwidth (CUDA: device to device; CPU: per thread count, into an existing buffer,
+with the copy into fresh memory beside it). A provider that fails is reported and the run
 goes on; the exit status is then 1 (unless --keep-going). The README's tables come from the JSON
 (python bench/render_readme.py); a run of every op (default or --full size) into bench/results/
 regenerates them itself.
@@ -42,7 +43,7 @@ import torch._dynamo  # noqa: E402
 
 import fgreid_ops  # noqa: E402
 import report  # noqa: E402
-from common import peak_bandwidth_cuda, time_cpu, time_cuda  # noqa: E402
+from common import copy_bandwidth_cpu, peak_bandwidth_cuda, time_cpu, time_cuda  # noqa: E402
 
 
 def available_ops():
@@ -261,7 +262,7 @@ def main(argv=None):
     start = time.time()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows, failures, done = {}, [], {}
-    peak = {}
+    peak, cpu_copy = {}, {}
     all_threads = torch.get_num_threads()
     stopped = False
     with report.progress(total=len(work)) as bar:
@@ -273,8 +274,13 @@ def main(argv=None):
                 peak[device] = peak_bandwidth_cuda()
                 report.echo(f"measured device-copy bandwidth: {peak[device] / 1e9:.0f} GB/s")
             torch.set_num_threads(n or all_threads)
+            if device == "cpu" and label not in cpu_copy:  # per thread count: one thread does not saturate memory
+                cpu_copy[label] = copy_bandwidth_cpu(args.size)
+                report.echo(f"measured CPU copy bandwidth [{label} threads]: {cpu_copy[label][0] / 1e9:.1f} GB/s, "
+                            f"into fresh memory {cpu_copy[label][1] / 1e9:.1f} GB/s")
             bar.set_postfix_str(f"{case.op} {case.mode} [{label}]", refresh=False)
-            run_case(case, device, args.size, label, peak.get(device), failures, rows.setdefault(device, []))
+            bandwidth = peak.get(device) if device == "cuda" else cpu_copy[label][0]
+            run_case(case, device, args.size, label, bandwidth, failures, rows.setdefault(device, []))
             done[device] = done.get(device, 0) + 1
             bar.update()
     torch.set_num_threads(all_threads)
@@ -291,6 +297,8 @@ def main(argv=None):
             machine_shared=args.shared_machine,
             loadavg_1min=dict(start=load_start, end=os.getloadavg()[0] if hasattr(os, "getloadavg") else None),
             peak_bandwidth_gbps=peak[device] / 1e9 if device in peak else None,
+            **(dict(copy_bandwidth_gbps={t: b[0] / 1e9 for t, b in cpu_copy.items()},
+                    fresh_copy_bandwidth_gbps={t: b[1] / 1e9 for t, b in cpu_copy.items()}) if device == "cpu" else {}),
             seconds=seconds, time_budget=args.time_budget, cases_planned=planned, cases_run=done.get(device, 0),
             stopped_by_time_budget=stopped and done.get(device, 0) < planned,
             failures=[f for f in failures if f["device"] == device],

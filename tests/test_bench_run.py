@@ -96,6 +96,24 @@ def test_shared_machine_and_versions_are_recorded(fake_op, tmp_path):
     assert meta["date"].endswith("+00:00") and meta["size"] == "quick"
 
 
+def test_cpu_rows_give_percent_of_the_copy_bandwidth_of_their_thread_count(fake_op, monkeypatch, tmp_path):
+    measured = {1: (4e9, 2e9), 2: (6e9, 3e9)}
+    monkeypatch.setattr(run, "copy_bandwidth_cpu", lambda size: measured[torch.get_num_threads()])
+    run.main(["--quick", "--device", "cpu", "--keep-going", "--threads", "1", "2", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "quick-cpu.json").read_text())
+    assert data["meta"]["copy_bandwidth_gbps"] == {"1": 4.0, "2": 6.0}
+    assert data["meta"]["fresh_copy_bandwidth_gbps"] == {"1": 2.0, "2": 3.0}
+    for r in data["results"]:
+        expected = 100 * 32 / (r["median_ms"] / 1e3) / measured[int(r["threads"])][0]
+        assert r["pct_peak_bw"] == pytest.approx(expected)
+    assert "% BW is that over the measured copy bandwidth" in (tmp_path / "quick-cpu.md").read_text()
+
+
+def test_cpu_copy_bandwidth_is_measured():
+    into_existing, into_fresh = common.copy_bandwidth_cpu("quick")
+    assert 1e8 < into_existing < 1e13 and 1e8 < into_fresh < 1e13
+
+
 def test_onnx_cases_leave_no_temporary_folder():
     pytest.importorskip("onnxruntime")
     import cases.onnx_models as onnx_models
