@@ -14,6 +14,9 @@ racecheck run at the same time, the bench alone after them):
   racecheck  per GPU kernel), caching allocator off; any reported error or hazard fails the step
              (memcheck reports kernel memory errors; API return codes that torch and Triton probe
              on purpose are not reported)
+  rerank     bench/rerank.py --device cuda at Market-1501 size: the streamed re-ranked evaluation and
+             the seconds of each stage (Triton kNN, C++ sparse stage on CPU copies, PyTorch blend on
+             the GPU), writing bench/results/rerank_cuda.json (its CPU counterpart: rerank_cpu.json)
   bench      bench/run.py --device cuda under its own time budget (what is left of the 9 minutes),
              writing bench/results/<gpu>.{json,md,png}
   summary    one line per op: % of copy bandwidth, × torch.compile, × eager, fwd and fwd+bwd
@@ -39,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 TOTAL_SECONDS = 9 * 60
-STEP_TIMEOUTS = {"build": 300, "pytest": 300, "memcheck": 150, "racecheck": 150}
+STEP_TIMEOUTS = {"build": 300, "pytest": 300, "memcheck": 150, "racecheck": 150, "rerank": 150}
 BENCH_BUDGET = (60, 240)  # the bench step's budget: what is left, within these bounds
 
 
@@ -70,6 +73,8 @@ def commands(arch, jobs, bench_budget, python=sys.executable):
                       "--print-limit", "20", *driver], sanitize_env),
         "racecheck": ([sanitizer, "--tool", "racecheck", "--racecheck-report", "all", "--error-exitcode", "1",
                        "--print-limit", "20", *driver], sanitize_env),
+        "rerank": ([python, os.path.join("bench", "rerank.py"), "--device", "cuda", "--sizes", "market1501",
+                    "--providers", "fgreid-evaluate,fgreid-stages", "--timeout", "120", "--note", "bench/gpu_check.py"], {}),
         "bench": ([python, os.path.join("bench", "run.py"), "--device", "cuda", "--time-budget", str(int(bench_budget)),
                    "--out", os.path.join("bench", "results")], {}),
     }
@@ -196,7 +201,7 @@ def dry_run(args):
         cmds = commands("9.0", os.cpu_count(), BENCH_BUDGET[1])
         for name, (argv, env) in cmds.items():
             print(f"{name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(argv)}")
-        for script in ("setup.py", "bench/sanitize_cases.py", "bench/run.py"):
+        for script in ("setup.py", "bench/sanitize_cases.py", "bench/rerank.py", "bench/run.py"):
             if not os.path.exists(os.path.join(ROOT, script)):
                 raise FileNotFoundError(script)
 
@@ -258,7 +263,7 @@ def dry_run(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every step that needs no GPU, on any machine")
-    parser.add_argument("--skip", nargs="+", default=[], choices=["build", "pytest", "memcheck", "racecheck", "bench"],
+    parser.add_argument("--skip", nargs="+", default=[], choices=["build", "pytest", "memcheck", "racecheck", "rerank", "bench"],
                         help="steps to leave out (e.g. build when the extension is already built for this GPU)")
     parser.add_argument("--total-seconds", type=float, default=TOTAL_SECONDS,
                         help=f"the whole check's budget; the bench gets what is left (default {TOTAL_SECONDS})")
@@ -297,9 +302,10 @@ def main(argv=None):
         together = {name: command(name) for name in ("pytest", "memcheck", "racecheck") if name not in args.skip}
         for name, (seconds, problem) in run_together(together).items() if together else ():
             record(name, seconds, problem)
-        if "bench" not in args.skip:
-            seconds, problem, _ = run_step("bench", *command("bench"))
-            record("bench", seconds, problem)
+        for name in ("rerank", "bench"):
+            if name not in args.skip:
+                seconds, problem, _ = run_step(name, *command(name))
+                record(name, seconds, problem)
     import run
 
     results = os.path.join(ROOT, "bench", "results", run.slug(gpu["name"]) + ".json")

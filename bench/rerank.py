@@ -7,7 +7,15 @@ features included). Providers:
   into the ranking, never stored;
 - fgreid-rerank: rerank(q, g) -> the [Q, G] matrix, then evaluate (not timed);
 - dense-torch: the dense transcription, then evaluate (not timed); run only when its N x N
-  arrays fit in --dense-memory (default: half of MemAvailable), otherwise recorded as not run.
+  arrays fit in --dense-memory (default: half of MemAvailable), otherwise recorded as not run
+  (CPU only);
+- fgreid-stages: the seconds of each stage (kNN, sparse, blend over every tile once), the
+  device synchronized around each: on CUDA the kNN is Triton, the sparse stage C++ on CPU copies
+  of the O(N (k1 + k2)) lists and the blend plain PyTorch on the GPU, so one CPU and one CUDA run
+  compare the two homes of each stage.
+
+--device cuda runs every provider's tensors on the GPU (peak GPU memory recorded beside the
+process's RSS) and writes bench/results/rerank_cuda.json.
 
 The bench fails (exit status 1) when a provider fails, when fgreid-evaluate and fgreid-rerank
 disagree on any metric (they must be equal), or when fgreid and dense-torch differ by more than
@@ -17,6 +25,7 @@ rows of sizes and providers not re-run are kept, so the sizes can be run one at 
     python bench/rerank.py --scale 0.02                 # a quick check, seconds
     python bench/rerank.py --sizes market1501           # full Market-1501 size
     python bench/rerank.py --sizes msmt17 --providers fgreid-evaluate
+    python bench/rerank.py --device cuda --sizes market1501 --providers fgreid-evaluate,fgreid-stages
 """
 
 import argparse
@@ -32,7 +41,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {"market1501": (3368, 15913), "msmt17": (11659, 82161)}
-PROVIDERS = ("fgreid-evaluate", "fgreid-rerank", "dense-torch")
+PROVIDERS = ("fgreid-evaluate", "fgreid-rerank", "dense-torch", "fgreid-stages")
 PARAMS = {"k1": 20, "k2": 6, "lambda_value": 0.3}
 
 
@@ -107,24 +116,54 @@ def child(args):
     sys.path.insert(0, ROOT)
     import fgreid_ops
 
+    from fgreid_ops import _backend
+    from fgreid_ops.ops.rerank import DEFAULT_MEMORY_BUDGET, KNN, Reranker
+
+    device = torch.device(args.device)
     num_query, num_gallery = scaled(args.size, args.scale)
-    # first calls pay one-off costs (custom-op machinery, thread pools): warm up on a tiny input
-    warm_q, warm_g, warm_ids = make_data(8, 40, 16, args.seed)
+
+    def on_device(q, g, ids):
+        return q.to(device), g.to(device), tuple(t.to(device) for t in ids)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # first calls pay one-off costs (custom-op machinery, thread pools, Triton compiles): warm up
+    warm_q, warm_g, warm_ids = on_device(*make_data(8, 40, 16, args.seed))
     fgreid_ops.evaluate_features(warm_q, warm_g, *warm_ids, rerank=PARAMS)
     fgreid_ops.evaluate(fgreid_ops.rerank(warm_q, warm_g, **PARAMS), *warm_ids)
-    q, g, ids = make_data(num_query, num_gallery, args.dim, args.seed)
+    q, g, ids = on_device(*make_data(num_query, num_gallery, args.dim, args.seed))
     rss_data = peak_rss_bytes()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync()
     start = time.perf_counter()
+    out = {}
     if args.provider == "fgreid-evaluate":
         result = fgreid_ops.evaluate_features(q, g, *ids, rerank=PARAMS)
+        sync()
         seconds = time.perf_counter() - start
+    elif args.provider == "fgreid-stages":
+        stages = {}
+        reranker = Reranker(q, g, *PARAMS.values(), _backend.resolve(KNN, device.type, None), timings=stages)
+        for _ in reranker.tiles(DEFAULT_MEMORY_BUDGET):
+            pass
+        sync()
+        seconds, result = time.perf_counter() - start, None
+        out["stages"] = stages
     else:
         distmat = (fgreid_ops.rerank(q, g, **PARAMS) if args.provider == "fgreid-rerank"
                    else dense_rerank(q, g, **PARAMS))
+        sync()
         seconds = time.perf_counter() - start
         result = fgreid_ops.evaluate(distmat, *ids)
-    print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak_rss_bytes(), "peak_rss_after_data_bytes": rss_data,
-                      "metrics": result.summary()}))
+    out.update(seconds=seconds, peak_rss_bytes=peak_rss_bytes(), peak_rss_after_data_bytes=rss_data)
+    if device.type == "cuda":
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    if result is not None:
+        out["metrics"] = result.summary()
+    print(json.dumps(out))
 
 
 def scaled(size, scale):
@@ -155,7 +194,7 @@ def cpu_name():
 
 def run_provider(args, size, provider):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--size", size, "--provider", provider,
-           "--scale", str(args.scale), "--dim", str(args.dim), "--seed", str(args.seed)]
+           "--scale", str(args.scale), "--dim", str(args.dim), "--seed", str(args.seed), "--device", args.device]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         return {"status": "failed", "returncode": proc.returncode, "stderr": proc.stderr[-4000:]}
@@ -173,13 +212,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per provider run")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'machine shared')")
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "rerank_cpu.json"))
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--out", default=None, help="default: bench/results/rerank_<device>.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--provider", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    args.out = args.out or os.path.join(ROOT, "bench", "results", f"rerank_{args.device}.json")
 
     sizes, providers = args.sizes.split(","), args.providers.split(",")
     for name, allowed, what in ((sizes, SIZES, "size"), (providers, PROVIDERS, "provider")):
@@ -194,7 +237,9 @@ def main(argv=None):
         for provider in providers:
             row = {"size": size, "Q": num_query, "G": num_gallery, "D": args.dim, "provider": provider,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": args.note}
-            if provider == "dense-torch" and dense_bytes(num_query, num_gallery) > dense_limit:
+            if provider == "dense-torch" and args.device != "cpu":
+                row.update(status="not run", reason="the dense transcription runs on CPU only")
+            elif provider == "dense-torch" and dense_bytes(num_query, num_gallery) > dense_limit:
                 row.update(status="not run", reason=f"needs ~{dense_bytes(num_query, num_gallery) / 1e9:.0f} GB "
                                                     f"(limit {dense_limit / 1e9:.0f} GB)")
             else:
@@ -203,7 +248,7 @@ def main(argv=None):
             rows.append(row)
             if row["status"] == "failed":
                 failures.append(f"{size}/{provider} failed: {row['stderr'][-500:]}")
-            elif row["status"] == "ok":
+            elif row["status"] == "ok" and "metrics" in row:
                 by_provider[provider] = row["metrics"]
         streamed, matrix = by_provider.get("fgreid-evaluate"), by_provider.get("fgreid-rerank")
         if streamed is not None and matrix is not None and streamed != matrix:
@@ -224,7 +269,8 @@ def main(argv=None):
         inherited = {k: previous[k] for k in ("time", "note") if k in previous}
         kept = [{**inherited, **r} for r in previous.get("rows", []) if key(r) not in fresh]
     results = {
-        "bench": "rerank", "device": cpu_name(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "bench": "rerank", "device": cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(),
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "params": PARAMS,
         "rows": kept + rows, "failures": failures,
     }

@@ -29,6 +29,9 @@ def test_commands_target_the_local_arch_with_every_core_and_select_cuda_tests():
         argv, env = cmds[tool]
         assert argv[argv.index("--tool") + 1] == tool and argv[-1].endswith("sanitize_cases.py")
         assert env["PYTORCH_NO_CUDA_MEMORY_CACHING"] == "1"
+    argv, _ = cmds["rerank"]
+    assert argv[1].endswith("rerank.py") and argv[argv.index("--device") + 1] == "cuda"
+    assert "fgreid-stages" in argv[argv.index("--providers") + 1]
     argv, _ = cmds["bench"]
     assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index("--time-budget") + 1] == "150"
 
@@ -103,7 +106,8 @@ def test_main_runs_every_step_in_order_and_fails_on_one_failure(monkeypatch, cap
     monkeypatch.setattr(gpu_check, "gpu_facts", lambda: dict(name="NVIDIA H200", arch="9.0"))
     monkeypatch.setattr(gpu_check, "run_step", fake_step)
     assert gpu_check.main([]) == 1
-    assert calls[0] == "build" and calls[-1] == "bench" and set(calls) == {"build", "pytest", "memcheck", "racecheck", "bench"}
+    assert calls[0] == "build" and calls[-2:] == ["rerank", "bench"]
+    assert set(calls) == {"build", "pytest", "memcheck", "racecheck", "rerank", "bench"}
     out = capsys.readouterr().out
     assert "memcheck: 2 errors" in out and "seconds per step: build 1" in out
 

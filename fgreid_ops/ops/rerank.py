@@ -35,6 +35,8 @@ Choices where the common code is silent or differs:
 - Non-finite features give NaN/inf distances (ranked last); the result is then not meaningful.
 """
 
+import time
+
 import torch
 
 from .. import _backend, _registry
@@ -91,14 +93,19 @@ def blend_torch(gram, row_sq, col_sq, row_max, sparse, inv_key, row_start, col_s
 class Reranker:
     """The kNN and sparse stages of one (q_feats, g_feats, k1, k2, lambda_value), after which
     `tile` gives any [q_lo:q_hi, g_lo:g_hi] block of the result. Holds x = cat(q, g) in float32,
-    O(N (k1 + k2)) for V and the inverted index, and nothing of size Q x G."""
+    O(N (k1 + k2)) for V and the inverted index, and nothing of size Q x G.
+    timings: None, or a dict that gets the seconds of each stage ("knn", "sparse", and "blend"
+    summed over the tiles walked), the device synchronized around each (bench/rerank.py)."""
 
-    def __init__(self, q_feats, g_feats, k1, k2, lambda_value, backend):
+    def __init__(self, q_feats, g_feats, k1, k2, lambda_value, backend, timings=None):
+        self.timings, self._device = timings, q_feats.device
+        start = self._clock()
         x = torch.cat([q_feats.detach(), g_feats.detach()]).to(torch.float32).contiguous()
         self.x, self.num_query, self.lambda_value = x, q_feats.shape[0], float(lambda_value)
         self.sq = (x * x).sum(1)
         k = min(x.shape[0], max(k1 + 1, k2))
         index, self.row_max = _backend.kernel(KNN, backend)(x, self.sq, k)
+        start = self._record("knn", start)
         neighbours = _backend.kernel(NEIGHBOURS, "cpu")
         if backend == "triton":  # the sparse stage runs on CPU copies of the O(N (k1 + k2)) lists
             cpu = torch.device("cpu")
@@ -112,10 +119,27 @@ class Reranker:
         else:
             self.sparse = neighbours(x, self.sq, index, self.row_max, k1, k2)
             self._inv_key = None
+        self._record("sparse", start)
+
+    def _clock(self):
+        if self.timings is None:
+            return None
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return time.perf_counter()
+
+    def _record(self, stage, start):
+        """Adds the seconds since `start` to timings[stage]; returns the new start."""
+        if self.timings is None:
+            return None
+        now = self._clock()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - start
+        return now
 
     def tile(self, q_lo, q_hi, g_lo, g_hi, buffer):
         """Rows q_lo:q_hi, columns g_lo:g_hi of the [Q, G] result, written into buffer."""
         Q = self.num_query
+        start = self._clock()
         out = buffer[: (q_hi - q_lo) * (g_hi - g_lo)].view(q_hi - q_lo, g_hi - g_lo)
         torch.mm(self.x[q_lo:q_hi], self.x[Q + g_lo:Q + g_hi].T, out=out)
         args = (self.sq[q_lo:q_hi], self.sq[Q + g_lo:Q + g_hi], self.row_max[q_lo:q_hi])
@@ -123,6 +147,7 @@ class Reranker:
             _backend.kernel(BLEND, "cpu")(out, *args, *self.sparse, q_lo, Q + g_lo, self.lambda_value)
         else:
             blend_torch(out, *args, self.sparse, self._inv_key, q_lo, Q + g_lo, self.lambda_value)
+        self._record("blend", start)
         return out
 
     def tiles(self, memory_budget, bar=None):
