@@ -19,6 +19,7 @@
 
 #include "fgreid_ops/checks.h"
 #include "fgreid_ops/fast_math.h"
+#include "fgreid_ops/huge_pages.h"
 #include "fgreid_ops/off_checks.h"
 #include "fgreid_ops/sobel.h"
 
@@ -95,13 +96,16 @@ FGREID_INLINE const acc_t* load_halo_band(const scalar_t* src, int64_t sh, int64
 }
 
 // The 3x3 window around flat index k of a halo'd band; the left/right columns are masked at the
-// first/last column of a row (k - 1 and k + 1 are then the neighbouring rows' pixels).
+// first/last column of a row (k - 1 and k + 1 are then the neighbouring rows' pixels). Every
+// address is inside the band (one guard element before and after), so the loads are
+// unconditional and only the values are selected: written as `l ? c[k - 1] : 0`, gcc emits
+// masked vector loads (vmaskmovps), which made the stencil compute-bound.
 template <typename acc_t>
 FGREID_INLINE Window3x3<acc_t> band_window(const acc_t* c, int64_t k, int64_t W, bool l, bool r) {
   const acc_t z = acc_t(0);
-  return {l ? c[k - W - 1] : z, c[k - W], r ? c[k - W + 1] : z,
-          l ? c[k - 1] : z,     c[k],     r ? c[k + 1] : z,
-          l ? c[k + W - 1] : z, c[k + W], r ? c[k + W + 1] : z};
+  const acc_t ul = c[k - W - 1], ur = c[k - W + 1], ml = c[k - 1], mr = c[k + 1], dl = c[k + W - 1],
+              dr = c[k + W + 1];
+  return {l ? ul : z, c[k - W], r ? ur : z, l ? ml : z, c[k], r ? mr : z, l ? dl : z, c[k + W], r ? dr : z};
 }
 
 // out_x, out_y, out_t of one plane (contiguous H x W each).
@@ -207,7 +211,7 @@ void off_backward_kernel(const OffBackwardGeometry& g, at::Tensor& grad) {
 }
 
 at::Tensor run_forward(const OffForwardGeometry& g) {
-  at::Tensor out = at::empty(g.out_shape, g.a.options());
+  at::Tensor out = empty_output(g.out_shape, g.a.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.a.scalar_type(), "off_cpu", [&] {
     off_forward_kernel<scalar_t>(g, out);
   });
@@ -215,7 +219,7 @@ at::Tensor run_forward(const OffForwardGeometry& g) {
 }
 
 at::Tensor run_backward(const OffBackwardGeometry& g) {
-  at::Tensor grad = at::empty(g.out_shape, g.grad_out.options());
+  at::Tensor grad = empty_output(g.out_shape, g.grad_out.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.grad_out.scalar_type(), "off_backward_cpu", [&] {
     off_backward_kernel<scalar_t>(g, grad);
   });

@@ -68,7 +68,7 @@ inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Te
   // A kernel that reads grad_out through its strides takes the expanded [N, C] gradient of
   // .sum() / .mean() as it is, without materializing it.
   b.grad_out = reads_grad_strides ? grad_out.to(x_in.scalar_type()) : grad_out.to(x_in.scalar_type()).contiguous();
-  b.grad_x = reads_channels_last ? empty_in_layout_of(b.x) : at::empty(x_in.sizes(), x_in.options());
+  b.grad_x = reads_channels_last ? empty_in_layout_of(b.x) : empty_output(x_in.sizes(), x_in.options());
   b.grad_p_rows = at::empty(need_grad_p ? at::IntArrayRef{x_in.size(0), x_in.size(1)} : at::IntArrayRef{0},
                             x_in.options().dtype(acc_dtype(x_in)));
   b.p_acc = exponents_per_channel(p, x_in);

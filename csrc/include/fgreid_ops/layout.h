@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
+#include "fgreid_ops/huge_pages.h"
+
 namespace fgreid_ops {
 
 inline bool is_channels_last_4d(const at::Tensor& t) {
@@ -21,9 +23,9 @@ inline at::MemoryFormat layout_of(const at::Tensor& t) {
 }
 
 // A new tensor of t's sizes and dtype, channels_last when t is, else contiguous (the rule the
-// fakes in fgreid_ops/ops follow).
+// fakes in fgreid_ops/ops follow), for a kernel to overwrite entirely (huge_pages.h).
 inline at::Tensor empty_in_layout_of(const at::Tensor& t) {
-  return at::empty(t.sizes(), t.options().memory_format(layout_of(t)));
+  return empty_output(t.sizes(), t.options().memory_format(layout_of(t)));
 }
 
 }  // namespace fgreid_ops

@@ -8,6 +8,7 @@
 #include <ATen/ops/empty.h>
 
 #include "fgreid_ops/checks.h"
+#include "fgreid_ops/huge_pages.h"
 
 namespace fgreid_ops {
 
@@ -58,7 +59,7 @@ inline MaskUpsampleMulForward prepare_mask_upsample_mul(const at::Tensor& feat, 
   f.linear = parse_upsample_mode(mode) == UpsampleMode::kBilinear;
   f.feat = feat.contiguous();
   f.mask = mask.to(acc_dtype(feat)).contiguous();
-  f.out = pool ? at::empty({feat.size(0), feat.size(1)}, feat.options()) : at::empty(feat.sizes(), feat.options());
+  f.out = pool ? at::empty({feat.size(0), feat.size(1)}, feat.options()) : empty_output(feat.sizes(), feat.options());
   return f;
 }
 
@@ -80,7 +81,7 @@ inline MaskUpsampleMulBackward prepare_mask_upsample_mul_backward(const at::Tens
   b.feat = feat.contiguous();
   b.grad_out = reads_grad_strides ? grad_out.to(feat.scalar_type()) : grad_out.to(feat.scalar_type()).contiguous();
   b.mask = mask.to(acc_dtype(feat)).contiguous();
-  b.grad_feat = at::empty(need_grad_feat ? feat.sizes() : at::IntArrayRef{0}, feat.options());
+  b.grad_feat = empty_output(need_grad_feat ? feat.sizes() : at::IntArrayRef{0}, feat.options());
   b.grad_mask = at::empty(need_grad_mask ? mask.sizes() : at::IntArrayRef{0}, b.mask.options());
   return b;
 }

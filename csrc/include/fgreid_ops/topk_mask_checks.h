@@ -73,7 +73,7 @@ inline TopkMaskBackward prepare_topk_mask_backward(const at::Tensor& grad_out, c
   TopkMaskBackward t;
   t.grad_out = grad_out;
   t.mask = mask.to(grad_out.scalar_type()).contiguous();
-  t.grad_f2 = pool ? at::empty({grad_out.size(0), grad_out.size(1), mask.size(2), mask.size(3)}, grad_out.options())
+  t.grad_f2 = pool ? empty_output({grad_out.size(0), grad_out.size(1), mask.size(2), mask.size(3)}, grad_out.options())
                    : empty_in_layout_of(grad_out);
   return t;
 }
