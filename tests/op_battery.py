@@ -64,7 +64,9 @@ class OpTester:
     """
 
     op_def = None
-    backends = kernel_backends()  # may hold the reference where the test's reference is another one
+    # the (backend, device) pairs, of which those of op_def.backends run; the reference may be one
+    # of them where the test's reference is another implementation
+    backends = kernel_backends()
     dtypes = DTYPES
     layouts = LAYOUTS
     cases = ("default",)
@@ -151,10 +153,14 @@ class OpTester:
     # --- parametrization ------------------------------------------------------------------------
 
     @classmethod
+    def _backend_params(cls):
+        return [p for p in cls.backends if p.values[0] in (*cls.op_def.backends, "reference")]
+
+    @classmethod
     def battery_parameters(cls, metafunc):
         names = metafunc.fixturenames
         if "backend" in names and "device" in names:
-            backends = cls.backends
+            backends = cls._backend_params()
             if metafunc.function.__name__ == "test_opcheck":  # the reference has no kernel op
                 backends = [p for p in backends if p.values[0] != "reference"]
             metafunc.parametrize("backend,device", backends)
@@ -175,7 +181,7 @@ class OpTester:
         if "checked_backend" in names:  # the checks run before the backend choice: the reference too
             reference = [] if any(p.values[0] == "reference" for p in cls.backends) else [
                 pytest.param("reference", "cpu", id="reference")]
-            metafunc.parametrize("checked_backend,device", [*cls.backends, *reference])
+            metafunc.parametrize("checked_backend,device", [*cls._backend_params(), *reference])
         if "bad" in names:
             metafunc.parametrize("bad", cls.bad_inputs, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(cls.bad_inputs)])
         if "bad_kernel" in names:
