@@ -346,7 +346,7 @@ class TestBatchHardTriplet(OpTester):
     layouts = ("contiguous", "strided", "transposed")
     gradcheck_layouts = ("contiguous",)
     cases = CASES
-    grad_cases = [CASES[0]] + [_case(d, ref) for d in DISTANCES for ref in (False, True)][1:]
+    grad_cases = [c for c in CASES if c != _case("euclidean", False, True)]
     opcheck_layouts = ("transposed",)  # emb transposed, ref_emb strided
     opcheck_cases = [_case("euclidean", False), _case("cosine", True)]  # + the mining op on half inputs
     shape = (13, 37, 24, 4)  # B, M, D, number of identities
