@@ -244,7 +244,6 @@ class OpTester:
     def test_gradcheck(self, backend, device, layout, case):
         args = self.layout_inputs(self.make_inputs(case, self.shape, torch.float64, device, seed=3, purpose="gradcheck"), layout)
         args = self._with_grad(args)
-
         positions = self._grad_positions(args)
 
         def fn(*diff):
