@@ -343,7 +343,7 @@ class TestBatchHardTriplet(OpTester):
 
     op_def = MINE
     backends = BACKENDS
-    layouts = ("contiguous", "strided", "transposed")
+    layouts = ("contiguous", "strided")  # strided: emb strided, ref_emb transposed (emb transposed: opcheck)
     gradcheck_layouts = ("contiguous",)
     cases = CASES
     grad_cases = [c for c in CASES if c != _case("euclidean", False, True)]
