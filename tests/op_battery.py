@@ -12,6 +12,9 @@ the op's inputs and which inputs are bad, and inherits
 * torch.compile(fullgraph=True, dynamic=True) over two shapes, forward and gradients,
 * hypothesis over shapes, dtypes, layouts and seeds (the derandomized CI profile of conftest.py).
 
+An op without gradients (grad_inputs = (), as evaluate and rerank) has no backward or gradcheck
+tests, and its compile and hypothesis tests compare the outputs only.
+
 What is special about an op (known values, edge cases, its module) stays in its test file.
 The parametrization comes from the class attributes through `conftest.pytest_generate_tests`."""
 
@@ -32,6 +35,13 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def _float64(args):
+    return tuple(a.detach().double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+GRADIENT_TESTS = ("test_backward_matches_reference", "test_gradcheck")
+
+
 class OpTester:
     """Subclass as ``class TestMyop(OpTester)`` and set:
 
@@ -41,14 +51,21 @@ class OpTester:
     grad_inputs: positions of the inputs that receive gradients; grad_outputs: positions of the
         differentiable outputs.
     bad_inputs: [(message after "expected ", make() -> args, exception type)].
+    kernel_bad_inputs: [(message, make() -> the kernel op's args, exception type)] that the kernel
+        ops (and their fakes) refuse, by default the first `kernel_checked` of bad_inputs through
+        `kernel_args`; their messages name `kernel_message_op` (default the public op).
     and implement make_inputs(case, shape, dtype, device, seed, purpose) -> args (the kernel op's
     arguments, the public function's positional arguments unless `call` is overridden; purpose
     is "forward", "backward", "gradcheck", "opcheck", "compile" or "hypothesis": gradcheck
     wants inputs away from kinks),
     backward_args(args, device) -> [args of the backward op] for opcheck.
+    Where the public function's arguments are not the kernel op's: `kernel_args(args)`, and
+    `kernel_opchecks` for the other kernel ops of the same public function.
     """
 
     op_def = None
+    # the (backend, device) pairs, of which those of op_def.backends run; the reference may be one
+    # of them where the test's reference is another implementation
     backends = kernel_backends()
     dtypes = DTYPES
     layouts = LAYOUTS
@@ -65,6 +82,16 @@ class OpTester:
     opcheck_cases = None  # the cases opcheck runs on, default the last one
     bad_messages_are_patterns = False  # bad_inputs' messages are regular expressions already
     gradcheck_layouts = ("contiguous", "channels_last")
+    kernel_bad_inputs = None  # default: bad_inputs[:kernel_checked] through kernel_args
+    kernel_message_op = None  # the op the kernel ops' messages name, default op_def.op
+    compile_backend = "inductor"
+    hypothesis_exact_integers = False  # hypothesis compares integer outputs too (exact inputs)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.grad_inputs:  # no gradients: pytest collects no gradient tests of the class
+            for name in GRADIENT_TESTS:
+                setattr(cls, name, None)
 
     # --- what a subclass provides ---------------------------------------------------------------
 
@@ -73,6 +100,18 @@ class OpTester:
 
     def backward_args(self, args, device):
         return []
+
+    def kernel_args(self, args):
+        """The arguments of the kernel op (op_def) for the public function's arguments `args`."""
+        return args
+
+    def kernel_opchecks(self, backend, args, device):
+        """[(kernel op, its arguments)]: the other kernel ops behind the public function, for opcheck."""
+        return []
+
+    def output_dtype(self, position, dtype):
+        """The dtype of the floating-point output `position` for inputs of `dtype`."""
+        return dtype
 
     def call(self, backend, *args):
         return self.public()(*args, backend=backend)
@@ -99,8 +138,8 @@ class OpTester:
         g = torch.Generator().manual_seed(seed)
         return torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device)
 
-    def _pattern(self, message):
-        return f"fgreid_ops.{self.op_def.op}: expected " + (
+    def _pattern(self, message, op=None):
+        return f"fgreid_ops.{op or self.op_def.op}: expected " + (
             message if self.bad_messages_are_patterns else _escape(message))
 
     def grad_dtype(self, position, dtype):
@@ -114,10 +153,17 @@ class OpTester:
     # --- parametrization ------------------------------------------------------------------------
 
     @classmethod
+    def _backend_params(cls):
+        return [p for p in cls.backends if p.values[0] in (*cls.op_def.backends, "reference")]
+
+    @classmethod
     def battery_parameters(cls, metafunc):
         names = metafunc.fixturenames
         if "backend" in names and "device" in names:
-            metafunc.parametrize("backend,device", cls.backends)
+            backends = cls._backend_params()
+            if metafunc.function.__name__ == "test_opcheck":  # the reference has no kernel op
+                backends = [p for p in backends if p.values[0] != "reference"]
+            metafunc.parametrize("backend,device", backends)
         if "dtype" in names:
             metafunc.parametrize("dtype", cls.dtypes, ids=str)
         if "layout" in names:
@@ -133,26 +179,47 @@ class OpTester:
                 cases = cls.opcheck_cases or cls.cases[-1:]
             metafunc.parametrize("case", cases)
         if "checked_backend" in names:  # the checks run before the backend choice: the reference too
-            metafunc.parametrize("checked_backend,device", [*cls.backends, pytest.param("reference", "cpu", id="reference")])
+            reference = [] if any(p.values[0] == "reference" for p in cls.backends) else [
+                pytest.param("reference", "cpu", id="reference")]
+            metafunc.parametrize("checked_backend,device", [*cls._backend_params(), *reference])
         if "bad" in names:
             metafunc.parametrize("bad", cls.bad_inputs, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(cls.bad_inputs)])
         if "bad_kernel" in names:
-            checked = cls.bad_inputs[:cls.kernel_checked]
+            checked = cls.kernel_bad_inputs
+            if checked is None:
+                checked = [(m, (lambda make=make: cls().kernel_args(make())), e) for m, make, e in cls.bad_inputs[:cls.kernel_checked]]
             metafunc.parametrize("bad_kernel", checked, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(checked)])
 
     # --- helpers ----------------------------------------------------------------------------------
 
     def _float64_reference(self, args):
-        return _as_tuple(self.reference(*[a.detach().double() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                                          else a for a in args]))
+        return _as_tuple(self.reference(*_float64(args)))
+
+    def _grad_positions(self, args):
+        """The grad_inputs that are tensors in `args` (an optional input may be None)."""
+        return [i for i in self.grad_inputs if isinstance(args[i], torch.Tensor)]
 
     def _with_grad(self, args):
-        return tuple(a.detach().requires_grad_() if i in self.grad_inputs else a for i, a in enumerate(args))
+        positions = self._grad_positions(args)
+        return tuple(a.detach().requires_grad_() if i in positions else a for i, a in enumerate(args))
 
     def _grads(self, outputs, args, grads_out):
         diff = [outputs[i] for i in self.grad_outputs]
-        inputs = [args[i] for i in self.grad_inputs]
+        inputs = [args[i] for i in self._grad_positions(args)]
         return torch.autograd.grad(diff, inputs, grads_out)
+
+    def _reference_grads(self, args, grads_out):
+        ref_args = self._with_grad(_float64(args))
+        return self._grads(_as_tuple(self.reference(*ref_args)), ref_args, [t.double() for t in grads_out])
+
+    def _assert_outputs(self, out, expected, dtype, exact_integers=True):
+        assert len(out) == len(expected)
+        for position, (o, e) in enumerate(zip(out, expected)):
+            if e.is_floating_point():
+                assert o.dtype == self.output_dtype(position, dtype)
+                self.assert_close(o, e, dtype)
+            elif exact_integers:
+                torch.testing.assert_close(o, e.to(o.device), rtol=0, atol=0)
 
     # --- the battery ------------------------------------------------------------------------------
 
@@ -160,51 +227,47 @@ class OpTester:
         args = self.layout_inputs(self.make_inputs(case, self.shape, dtype, device), layout)
         out = _as_tuple(self.call(backend, *args))
         expected = self._float64_reference(args)
-        assert len(out) == len(expected)
         for o, e in zip(out, expected):
             assert o.device.type == device and o.shape == e.shape
-            if e.is_floating_point():
-                assert o.dtype == dtype
-                self.assert_close(o, e, dtype)
-            else:
-                torch.testing.assert_close(o, e.to(o.device))
+        self._assert_outputs(out, expected, dtype)
 
     def test_backward_matches_reference(self, backend, device, dtype, layout, case):
         args = self._with_grad(self.layout_inputs(self.make_inputs(case, self.shape, dtype, device, seed=1, purpose="backward"), layout))
         out = _as_tuple(self.call(backend, *args))
         grads_out = [self.make_grad_out(out[i], seed=2 + i) for i in self.grad_outputs]
         grads = self._grads(out, args, grads_out)
-        ref_args = self._with_grad(tuple(a.detach().double() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                                         else a for a in args))
-        ref_out = _as_tuple(self.reference(*ref_args))
-        ref_grads = self._grads(ref_out, ref_args, [t.double() for t in grads_out])
-        for position, grad, ref in zip(self.grad_inputs, grads, ref_grads):
+        ref_grads = self._reference_grads(args, grads_out)
+        for position, grad, ref in zip(self._grad_positions(args), grads, ref_grads):
             assert grad.dtype == args[position].dtype and grad.shape == args[position].shape
             self.assert_close(grad, ref, self.grad_dtype(position, dtype), grad=True)
 
     def test_gradcheck(self, backend, device, layout, case):
         args = self.layout_inputs(self.make_inputs(case, self.shape, torch.float64, device, seed=3, purpose="gradcheck"), layout)
         args = self._with_grad(args)
+        positions = self._grad_positions(args)
 
         def fn(*diff):
             full = list(args)
-            for position, value in zip(self.grad_inputs, diff):
+            for position, value in zip(positions, diff):
                 full[position] = value
             out = _as_tuple(self.call(backend, *full))
             return tuple(out[i] for i in self.grad_outputs)
 
         fast = self.gradcheck_fast_triton_interpret and backend == "triton" and device == "cpu"
-        assert torch.autograd.gradcheck(fn, tuple(args[i] for i in self.grad_inputs), fast_mode=fast)
+        assert torch.autograd.gradcheck(fn, tuple(args[i] for i in positions), fast_mode=fast)
 
     def test_opcheck(self, backend, device, layout, case):
         op = getattr(torch.ops.fgreid, self.op_def.kernel_name(backend))
         args = self.layout_inputs(self.make_inputs(case, self.shape, torch.float32, device, seed=4, purpose="opcheck"), layout)
-        torch.library.opcheck(op, args)
-        torch.library.opcheck(op, self._with_grad(args))
+        torch.library.opcheck(op, self.kernel_args(args))
+        if self.grad_inputs:
+            torch.library.opcheck(op, self.kernel_args(self._with_grad(args)))
         if self.op_def.backward is not None:
             backward = getattr(torch.ops.fgreid, self.op_def.kernel_name(backend) + "_backward")
             for backward_args in self.backward_args(args, device):
                 torch.library.opcheck(backward, backward_args)
+        for other, other_args in self.kernel_opchecks(backend, args, device):
+            torch.library.opcheck(other, other_args)
 
     def test_bad_input_raises_naming_argument(self, checked_backend, device, bad):
         message, make, error = bad
@@ -216,7 +279,7 @@ class OpTester:
         """The kernel ops check their inputs (a direct torch.ops caller), and so do their fakes."""
         message, make, error = bad_kernel
         args = make()
-        pattern = self._pattern(message)
+        pattern = self._pattern(message, self.kernel_message_op)
         names = [self.op_def.kernel_name(b) for b in dict.fromkeys(
             b for b in self.op_def.backends if b == "cpu" or (b == "triton" and _backend.triton_available("cpu")))]
         for name in names:
@@ -233,13 +296,16 @@ class OpTester:
         def fn(*args):
             return self.call(backend, *args)
 
-        compiled = torch.compile(fn, fullgraph=True, dynamic=True)
+        compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend=self.compile_backend)
         for seed, shape in enumerate(self.shapes):
             args = self._with_grad(self.make_inputs(self.cases[0], shape, torch.float32, device, seed=seed, purpose="compile"))
             out = _as_tuple(compiled(*args))
             eager = _as_tuple(fn(*args))
+            assert len(out) == len(eager)
             for o, e in zip(out, eager):
-                torch.testing.assert_close(o, e)
+                torch.testing.assert_close(o, e, equal_nan=True)  # a skipped query's AP is NaN in both
+            if not self.grad_inputs:
+                continue
             grads = self._grads(out, args, [torch.ones_like(out[i]) for i in self.grad_outputs])
             eager_grads = self._grads(eager, args, [torch.ones_like(eager[i]) for i in self.grad_outputs])
             for g, e in zip(grads, eager_grads):
@@ -256,16 +322,13 @@ class OpTester:
         seed = data.draw(st.integers(0, 2**16), label="seed")
         args = self._with_grad(self.layout_inputs(self.make_inputs(case, shape, dtype, device, seed=seed, purpose="hypothesis"), layout))
         out = _as_tuple(self.call(backend, *args))
-        expected = self._float64_reference(args)
-        for o, e in zip(out, expected):
-            if e.is_floating_point():
-                self.assert_close(o, e, dtype)
+        self._assert_outputs(out, self._float64_reference(args), dtype, exact_integers=self.hypothesis_exact_integers)
+        if not self.grad_inputs:
+            return
         grads_out = [torch.ones_like(out[i]) for i in self.grad_outputs]
         grads = self._grads(out, args, grads_out)
-        ref_args = self._with_grad(tuple(a.detach().double() if isinstance(a, torch.Tensor) and a.is_floating_point()
-                                         else a for a in args))
-        ref_grads = self._grads(_as_tuple(self.reference(*ref_args)), ref_args, [t.double() for t in grads_out])
-        for position, grad, ref in zip(self.grad_inputs, grads, ref_grads):
+        ref_grads = self._reference_grads(args, grads_out)
+        for position, grad, ref in zip(self._grad_positions(args), grads, ref_grads):
             self.assert_close(grad, ref, self.grad_dtype(position, dtype), grad=True)
 
     def shape_strategy(self):

@@ -7,12 +7,14 @@ from hypothesis import given, strategies as st
 
 import fgreid_ops
 from fgreid_ops.nn import TripletLoss
+from fgreid_ops.ops.batch_hard_triplet import MINE
 from fgreid_ops.reference import batch_hard_triplet_reference
 
 from grad_layouts import GRAD_LAYOUTS, grad_like
-from helpers import DTYPES, HAS_CUDA, assert_close, kernel_backends
+from helpers import GRAD_TOLERANCES, HAS_CUDA, TOLERANCES, assert_close, kernel_backends
+from op_battery import OpTester
 
-BACKENDS = kernel_backends()
+BACKENDS = [p for p in kernel_backends() if p.values[0] in MINE.backends]  # no CUDA C++ kernel
 DISTANCES = ["euclidean", "sqeuclidean", "cosine"]
 LAYOUTS = ["contiguous", "strided", "transposed"]
 
@@ -37,6 +39,23 @@ def make_batch(B, D, dtype, device, n_ids=None, seed=0, scale=1.0):
     n_ids = n_ids or max(1, B // 3)
     labels = torch.randint(0, n_ids, (B,), generator=g).to(device)
     return emb, labels
+
+
+def grid_batch(B, D, dtype, device, n_ids, seed=0, unit=False):
+    """Embeddings whose distances are exact in float32 and float64 whatever the summation order,
+    so that kernels and the reference pick the same pairs (exact ties to the lower index
+    included): multiples of 1/4 in [-3, 3], or with unit=True unit rows of four entries ±1/2
+    (one ±1 when D < 4), on which normalize and the cosine are exact too."""
+    g = torch.Generator().manual_seed(seed)
+    if unit:
+        k = 4 if D >= 4 else 1
+        positions = torch.rand(B, D, generator=g).argsort(1)[:, :k]
+        signs = (torch.randint(0, 2, (B, k), generator=g) * 2 - 1) / (2.0 if k == 4 else 1.0)
+        emb = torch.zeros(B, D, dtype=torch.float64).scatter_(1, positions, signs.double())
+    else:
+        emb = torch.randint(-12, 13, (B, D), generator=g).double() / 4
+    labels = torch.randint(0, n_ids, (B,), generator=g)
+    return emb.to(dtype).to(device), labels.to(device)
 
 
 def expected(emb, labels, margin=0.3, **kwargs):
@@ -75,29 +94,7 @@ def test_reference_matches_fast_reid_formula():
     torch.testing.assert_close(batch_hard_triplet_reference(emb, labels, 0.3), fast_reid_triplet_loss(emb, labels, 0.3, False, True))
 
 
-# --- kernels vs reference ----------------------------------------------------------------------
-
-FORWARD_CASES = [(dtype, "euclidean") for dtype in DTYPES] + [
-    (torch.float32, "sqeuclidean"), (torch.float32, "cosine"), (torch.float16, "cosine"), (torch.float64, "sqeuclidean")]
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype,distance", FORWARD_CASES, ids=str)
-@pytest.mark.parametrize("with_ref", [False, True], ids=["self", "ref"])
-def test_forward_matches_reference(backend, device, dtype, distance, with_ref):
-    emb, labels = make_batch(13, 24, dtype, device, n_ids=4)
-    kwargs = dict(distance=distance, reduction="none", return_indices=True)
-    if with_ref:
-        ref, ref_labels = make_batch(37, 24, dtype, device, n_ids=6, seed=1)
-        kwargs.update(ref_emb=to_layout_2d(ref, "transposed"), ref_labels=ref_labels)
-    for layout in LAYOUTS if dtype == torch.float32 else ["strided"]:
-        x = to_layout_2d(emb, layout)
-        loss, idx_p, idx_n = fgreid_ops.batch_hard_triplet(x, labels, backend=backend, **kwargs)
-        loss_r, idx_p_r, idx_n_r = expected(x, labels, **kwargs)
-        assert loss.dtype == dtype and loss.shape == (13,) and idx_p.dtype == torch.int64
-        assert_close(loss, loss_r, dtype)
-        assert torch.equal(idx_p.cpu(), idx_p_r.cpu()) and torch.equal(idx_n.cpu(), idx_n_r.cpu())
-
+# --- kernels vs reference: what is special about batch_hard_triplet ----------------------------------
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -107,60 +104,6 @@ def test_margin_reduction_normalize(backend, device, reduction, margin, normaliz
     emb, labels = make_batch(10, 6, torch.float32, device, n_ids=3)
     out = fgreid_ops.batch_hard_triplet(emb, labels, margin, normalize=normalize, reduction=reduction, backend=backend)
     assert_close(out, expected(emb, labels, margin, normalize=normalize, reduction=reduction), torch.float32)
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype,distance", [(dtype, "euclidean") for dtype in DTYPES] + [
-    (torch.float32, "sqeuclidean"), (torch.float32, "cosine"), (torch.float64, "cosine")], ids=str)
-def test_backward_matches_reference(backend, device, dtype, distance):
-    emb, labels = make_batch(12, 16, dtype, device, n_ids=4)
-    ref, ref_labels = make_batch(20, 16, dtype, device, n_ids=5, seed=2)
-    emb = to_layout_2d(emb, "strided").requires_grad_()
-    ref.requires_grad_()
-    for kwargs in [dict(), dict(ref_emb=ref, ref_labels=ref_labels)]:
-        out = fgreid_ops.batch_hard_triplet(emb, labels, 0.5, distance=distance, reduction="none", backend=backend, **kwargs)
-        grad = torch.rand(12, dtype=torch.float64).to(dtype).to(device)
-        wrt = (emb, ref) if kwargs else (emb,)
-        grads = torch.autograd.grad(out, wrt, grad)
-        leaves = tuple(t.detach().double().requires_grad_() for t in wrt)
-        ref_kwargs = dict(ref_emb=leaves[1], ref_labels=ref_labels) if kwargs else {}
-        out_r = batch_hard_triplet_reference(leaves[0], labels, 0.5, distance=distance, reduction="none", **ref_kwargs)
-        grads_r = torch.autograd.grad(out_r, leaves, grad.double())
-        for g, g_r in zip(grads, grads_r):
-            assert g.dtype == dtype
-            assert_close(g, g_r, dtype, grad=True)
-
-
-# The gradient is the same Python code on every backend (the kernels only pick indices), so the
-# slow Triton interpreter runs one case, in fast mode.
-GRADCHECK_CASES = [
-    pytest.param("cpu", "cpu", "euclidean", False, False, id="cpu-euclidean"),
-    pytest.param("cpu", "cpu", "sqeuclidean", False, False, id="cpu-sqeuclidean"),
-    pytest.param("cpu", "cpu", "cosine", False, False, id="cpu-cosine"),
-    pytest.param("cpu", "cpu", "euclidean", True, False, id="cpu-euclidean-normalize"),
-    pytest.param("triton", "cpu", "euclidean", True, True, id="triton-interpret-euclidean-normalize",
-                 marks=pytest.mark.skipif(not fgreid_ops._backend.triton_available("cpu"), reason="no triton")),
-    pytest.param("triton", "cuda", "euclidean", False, False, id="triton-cuda",
-                 marks=[pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device"), pytest.mark.cuda]),
-]
-
-
-@pytest.mark.parametrize("backend,device,distance,normalize,fast_mode", GRADCHECK_CASES)
-def test_gradcheck(backend, device, distance, normalize, fast_mode):
-    emb, labels = make_batch(6, 4, torch.float64, device, n_ids=2)
-    ref, ref_labels = make_batch(7, 4, torch.float64, device, n_ids=3, seed=3)
-    emb.requires_grad_()
-    ref.requires_grad_()
-
-    def self_ref(x):
-        return fgreid_ops.batch_hard_triplet(x, labels, 0.3, distance=distance, normalize=normalize, reduction="none", backend=backend)
-
-    def with_ref(x, r):
-        return fgreid_ops.batch_hard_triplet(x, labels, None, ref_emb=r, ref_labels=ref_labels, distance=distance,
-                                             normalize=normalize, backend=backend)
-
-    assert torch.autograd.gradcheck(self_ref, (emb,), fast_mode=fast_mode)
-    assert torch.autograd.gradcheck(with_ref, (emb, ref), fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -293,22 +236,7 @@ def test_nan_propagates(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_opcheck(backend, device):
-    name = "batch_hard_triplet_mine_triton" if backend == "triton" else "batch_hard_triplet_mine"
-    op, backward = getattr(torch.ops.fgreid, name), getattr(torch.ops.fgreid, name + "_backward")
-    emb, labels = make_batch(10, 8, torch.float32, device, n_ids=3)
-    ref, ref_labels = make_batch(17, 8, torch.float32, device, n_ids=4, seed=7)
-    torch.library.opcheck(op, (emb, labels, emb, labels, "euclidean"))
-    torch.library.opcheck(op, (to_layout_2d(emb, "transposed").requires_grad_(), labels, ref.requires_grad_(), ref_labels, "sqeuclidean"))
-    torch.library.opcheck(op, (emb.half(), labels, ref.detach().half(), ref_labels, "cosine"))
-    d_ap, d_an, idx_p, idx_n = op(emb, labels, ref.detach(), ref_labels, "euclidean")
-    grads = (torch.rand_like(d_ap), torch.rand_like(d_an))
-    torch.library.opcheck(backward, (*grads, emb, ref.detach(), idx_p, idx_n, d_ap, d_an, "euclidean", True))
-    torch.library.opcheck(backward, (*grads, emb.half(), ref.detach().half(), idx_p, idx_n, d_ap, d_an, "cosine", False))
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_torch_compile_fullgraph(backend, device):
+def test_module_compiles_fullgraph(backend, device):
     torch._dynamo.reset()
     module = TripletLoss(margin=0.3, backend=backend)
     compiled = torch.compile(module, fullgraph=True, dynamic=True)
@@ -321,17 +249,6 @@ def test_torch_compile_fullgraph(backend, device):
         (g_eager,) = torch.autograd.grad(module(emb, labels), emb)
         torch.testing.assert_close(g, g_eager)
 
-    def with_indices(x, lab, r, r_lab):
-        return fgreid_ops.batch_hard_triplet(x, lab, None, ref_emb=r, ref_labels=r_lab, normalize=True,
-                                             reduction="none", return_indices=True, backend=backend)
-
-    # Dynamo + the fakes + AOT autograd, without a second round of Inductor codegen
-    compiled_fn = torch.compile(with_indices, fullgraph=True, dynamic=True, backend="aot_eager")
-    emb, labels = make_batch(9, 8, torch.float32, device, n_ids=3)
-    ref, ref_labels = make_batch(21, 8, torch.float32, device, n_ids=4, seed=8)
-    for got, want in zip(compiled_fn(emb, labels, ref, ref_labels), with_indices(emb, labels, ref, ref_labels)):
-        torch.testing.assert_close(got, want)
-
 
 @given(
     b=st.integers(1, 40), m=st.integers(1, 90), d=st.integers(1, 70), n_ids=st.integers(1, 12),
@@ -340,7 +257,7 @@ def test_torch_compile_fullgraph(backend, device):
     dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**16),
 )
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_hypothesis_forward_backward(backend, device, b, m, d, n_ids, with_ref, distance, normalize, margin, layout, dtype, seed):
+def test_hypothesis_gaussian_near_ties(backend, device, b, m, d, n_ids, with_ref, distance, normalize, margin, layout, dtype, seed):
     emb, labels = make_batch(b, d, dtype, device, n_ids=n_ids, seed=seed)
     kwargs = dict(distance=distance, normalize=normalize, reduction="none")
     if with_ref:
@@ -363,82 +280,154 @@ def test_hypothesis_forward_backward(backend, device, b, m, d, n_ids, with_ref, 
             assert dtype == torch.float32
 
 
-# --- bad input ---------------------------------------------------------------------------------
+# --- the generic battery (tests/op_battery.py) ---------------------------------------------------
 
 def _ok(B=4, D=3, M=5):
     return dict(emb=torch.rand(B, D), labels=torch.arange(B) % 2, ref_emb=torch.rand(M, D), ref_labels=torch.arange(M) % 2)
 
 
-def _bad(**changes):
-    inputs = _ok()
-    inputs.update(changes)
-    return inputs
+def _bad(distance="euclidean", margin=0.3, normalize=False, **changes):
+    """TestBatchHardTriplet's arguments: _ok() with `changes`."""
+    inputs = {**_ok(), **changes}
+    return (inputs["emb"], inputs["labels"], inputs["ref_emb"], inputs["ref_labels"], distance, margin, normalize)
 
 
-# (expected message after "fgreid_ops.batch_hard_triplet: expected ", inputs, error, reaches the op)
+# (message after "fgreid_ops.batch_hard_triplet: expected ", make() -> arguments, error); the
+# mining op (C++, Triton and its fake) checks the first N_KERNEL_CHECKED too
 BAD_INPUTS = [
-    ("emb to be 2-D", _bad(emb=torch.rand(4, 3, 1)), ValueError),
-    ("emb to be float32", _bad(emb=torch.ones(4, 3, dtype=torch.int64)), TypeError),
-    ("emb to have a non-empty batch", _bad(emb=torch.rand(0, 3), labels=torch.zeros(0, dtype=torch.int64)), ValueError),
-    ("emb to be non-empty", _bad(emb=torch.rand(4, 0), ref_emb=torch.rand(5, 0)), ValueError),
-    ("labels to be 1-D", _bad(labels=torch.zeros(4, 1, dtype=torch.int64)), ValueError),
-    ("labels to be int64", _bad(labels=torch.zeros(4, dtype=torch.int32)), TypeError),
-    ("labels of shape [4]", _bad(labels=torch.zeros(3, dtype=torch.int64)), ValueError),
-    ("ref_emb to be 2-D", _bad(ref_emb=torch.rand(5)), ValueError),
-    ("ref_emb to have the same dtype as emb", _bad(ref_emb=torch.rand(5, 3, dtype=torch.float64)), TypeError),
-    ("ref_emb to have a non-empty batch", _bad(ref_emb=torch.rand(0, 3), ref_labels=torch.zeros(0, dtype=torch.int64)), ValueError),
-    ("ref_emb of width D=3", _bad(ref_emb=torch.rand(5, 4)), ValueError),
-    ("ref_labels to be int64", _bad(ref_labels=torch.zeros(5)), TypeError),
-    ("ref_labels of shape [5]", _bad(ref_labels=torch.zeros(4, dtype=torch.int64)), ValueError),
-    ("emb to be a torch.Tensor", _bad(emb=[[1.0, 2.0]]), TypeError),
+    ("emb to be 2-D", lambda: _bad(emb=torch.rand(4, 3, 1)), ValueError),
+    ("emb to be float32", lambda: _bad(emb=torch.ones(4, 3, dtype=torch.int64)), TypeError),
+    ("emb to have a non-empty batch", lambda: _bad(emb=torch.rand(0, 3), labels=torch.zeros(0, dtype=torch.int64)), ValueError),
+    ("emb to be non-empty", lambda: _bad(emb=torch.rand(4, 0), ref_emb=torch.rand(5, 0)), ValueError),
+    ("labels to be 1-D", lambda: _bad(labels=torch.zeros(4, 1, dtype=torch.int64)), ValueError),
+    ("labels to be int64", lambda: _bad(labels=torch.zeros(4, dtype=torch.int32)), TypeError),
+    ("labels of shape [4]", lambda: _bad(labels=torch.zeros(3, dtype=torch.int64)), ValueError),
+    ("ref_emb to be 2-D", lambda: _bad(ref_emb=torch.rand(5)), ValueError),
+    ("ref_emb to have the same dtype as emb", lambda: _bad(ref_emb=torch.rand(5, 3, dtype=torch.float64)), TypeError),
+    ("ref_emb to have a non-empty batch", lambda: _bad(ref_emb=torch.rand(0, 3), ref_labels=torch.zeros(0, dtype=torch.int64)), ValueError),
+    ("ref_emb of width D=3", lambda: _bad(ref_emb=torch.rand(5, 4)), ValueError),
+    ("ref_labels to be int64", lambda: _bad(ref_labels=torch.zeros(5)), TypeError),
+    ("ref_labels of shape [5]", lambda: _bad(ref_labels=torch.zeros(4, dtype=torch.int64)), ValueError),
+    ("distance to be one of", lambda: _bad(distance="manhattan"), ValueError),
+    # the loss arguments, and a non-tensor: the public function only
+    ("margin to be a number >= 0 or None", lambda: _bad(margin=-0.1), ValueError),
+    ("margin to be a number >= 0 or None", lambda: _bad(margin="0.3"), ValueError),
+    ("normalize to be a bool", lambda: _bad(normalize=1), TypeError),
+    ("emb to be a torch.Tensor", lambda: _bad(emb=[[1.0, 2.0]]), TypeError),
 ]
+N_KERNEL_CHECKED = 14
 
 
-def _pattern(message):
-    return "fgreid_ops.batch_hard_triplet: expected " + message.replace("[", r"\[").replace("]", r"\]")
+def _case(distance, with_ref, normalize=False):
+    """A case name: the distance, the references (the batch itself with margin 0.3, or another
+    set with the soft margin), normalize."""
+    return "-".join([distance, "ref-soft" if with_ref else "self", *(["normalize"] if normalize else [])])
 
 
-@pytest.mark.parametrize("message,inputs,error", BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, _, _) in enumerate(BAD_INPUTS)])
-@pytest.mark.parametrize("backend,device", BACKENDS[:2])
-def test_bad_input_raises_naming_argument(backend, device, message, inputs, error):
-    with pytest.raises(error, match=_pattern(message)):
-        fgreid_ops.batch_hard_triplet(**inputs, backend=backend)
+def _parse(case):
+    parts = case.split("-")
+    return parts[0], "ref" in parts, "normalize" in parts, None if "soft" in parts else 0.3
 
 
-@pytest.mark.parametrize("message,inputs,error", BAD_INPUTS[:-1], ids=[m for m, _, _ in BAD_INPUTS[:-1]])
-def test_bad_input_raises_in_kernel_and_on_meta(message, inputs, error):
-    args = (inputs["emb"], inputs["labels"], inputs["ref_emb"], inputs["ref_labels"], "euclidean")
-    with pytest.raises((error, RuntimeError), match=_pattern(message)):
-        torch.ops.fgreid.batch_hard_triplet_mine(*args)  # the C++ checks, for direct torch.ops callers
-    if fgreid_ops._backend.triton_available("cpu"):
-        with pytest.raises(error, match=_pattern(message)):
-            torch.ops.fgreid.batch_hard_triplet_mine_triton(*args)  # the Triton launcher checks the same
-    with pytest.raises((error, RuntimeError), match=_pattern(message)):
-        torch.ops.fgreid.batch_hard_triplet_mine(*(a.to("meta") for a in args[:4]), "euclidean")  # the fake
+# the first is the compile test's
+CASES = [_case("euclidean", True, True), _case("euclidean", False, True)] + [
+    _case(d, ref) for d in DISTANCES for ref in (False, True)]
+
+
+class TestBatchHardTriplet(OpTester):
+    """batch_hard_triplet(emb, labels, margin, ref_emb=, ref_labels=, distance=, normalize=,
+    reduction="none", return_indices=True): the loss per anchor and the indices of the mining
+    op fgreid::batch_hard_triplet_mine. Its arguments here: (emb, labels, ref_emb or None,
+    ref_labels or None, distance, margin, normalize). Inputs on a grid (grid_batch): every
+    distance is exact, so the indices are compared exactly, ties included."""
+
+    op_def = MINE
+    backends = BACKENDS
+    layouts = ("contiguous", "strided")  # strided: emb strided, ref_emb transposed (emb transposed: opcheck)
+    gradcheck_layouts = ("contiguous",)
+    cases = CASES
+    grad_cases = [c for c in CASES if c != _case("euclidean", False, True)]
+    opcheck_layouts = ("transposed",)  # emb transposed, ref_emb strided
+    opcheck_cases = [_case("euclidean", False), _case("cosine", True)]  # + the mining op on half inputs
+    shape = (13, 37, 24, 4)  # B, M, D, number of identities
+    shapes = [(9, 21, 8, 3), (12, 17, 8, 4)]
+    grad_inputs = (0, 2)
+    bad_inputs = BAD_INPUTS
+    kernel_checked = N_KERNEL_CHECKED
+    gradcheck_fast_triton_interpret = True
+    compile_backend = "aot_eager"  # Dynamo + the fakes + AOT autograd; TripletLoss runs Inductor below
+    hypothesis_exact_integers = True
+
+    def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
+        distance, with_ref, normalize, margin = _parse(case)
+        B, M, D, n_ids = shape
+        if purpose == "gradcheck":  # Gaussian: no ties to perturb across
+            emb, labels = make_batch(6, 4, dtype, device, n_ids=2, seed=seed)
+            ref, ref_labels = make_batch(7, 4, dtype, device, n_ids=3, seed=seed + 1)
+        else:
+            unit = normalize or distance == "cosine"
+            emb, labels = grid_batch(B, D, dtype, device, n_ids, seed=seed, unit=unit)
+            ref, ref_labels = grid_batch(M, D, dtype, device, n_ids + 2, seed=seed + 1, unit=unit)
+        if not with_ref:
+            ref, ref_labels = None, None
+        return emb, labels, ref, ref_labels, distance, margin, normalize
+
+    def layout_inputs(self, args, layout):
+        emb, labels, ref, *rest = args
+        ref_layout = {"contiguous": "contiguous", "strided": "transposed", "transposed": "strided"}[layout]
+        return (to_layout_2d(emb, layout), labels, None if ref is None else to_layout_2d(ref, ref_layout), *rest)
+
+    def call(self, backend, emb, labels, ref_emb, ref_labels, distance, margin, normalize):
+        return fgreid_ops.batch_hard_triplet(emb, labels, margin, ref_emb=ref_emb, ref_labels=ref_labels, distance=distance,
+                                             normalize=normalize, reduction="none", return_indices=True, backend=backend)
+
+    def reference(self, emb, labels, ref_emb, ref_labels, distance, margin, normalize):
+        return batch_hard_triplet_reference(emb, labels, margin, ref_emb=ref_emb, ref_labels=ref_labels, distance=distance,
+                                            normalize=normalize, reduction="none", return_indices=True)
+
+    def assert_close(self, actual, expected, dtype, grad=False):
+        tol = dict((GRAD_TOLERANCES if grad else TOLERANCES)[dtype])
+        if grad and dtype in (torch.float16, torch.bfloat16):
+            # autograd adds the anchor and the reference gradient of a row of a self-referenced
+            # batch in the row's dtype, each rounded there: a few ulps of the terms, which on
+            # grid inputs are of the size of the largest gradient, not of the sum
+            tol["atol"] *= max(1.0, float(expected.abs().max()))
+        torch.testing.assert_close(actual, expected.to(actual.dtype), **tol)
+
+    def kernel_args(self, args):
+        emb, labels, ref_emb, ref_labels, distance, *_ = args
+        return (emb, labels, emb, labels, distance) if ref_emb is None else (emb, labels, ref_emb, ref_labels, distance)
+
+    def backward_args(self, args, device):
+        emb, labels, ref, ref_labels, distance = (a.detach() if isinstance(a, torch.Tensor) else a
+                                                  for a in self.kernel_args(args))
+        mined = torch.ops.fgreid.batch_hard_triplet_mine(*(a.cpu() for a in (emb, labels, ref, ref_labels)), distance)
+        d_ap, d_an, idx_p, idx_n = (t.to(device) for t in mined)
+        grads = (torch.rand_like(d_ap), torch.rand_like(d_an))
+        return [(*grads, emb, ref, idx_p, idx_n, d_ap, d_an, distance, True),
+                (*grads, emb.half(), ref.half(), idx_p, idx_n, d_ap, d_an, "cosine", False)]
+
+    def kernel_opchecks(self, backend, args, device):
+        emb, labels, ref, ref_labels, distance = self.kernel_args(args)
+        if distance != "cosine":
+            return []
+        mine = getattr(torch.ops.fgreid, MINE.kernel_name(backend))
+        return [(mine, (emb.half(), labels, ref.half(), ref_labels, distance))]  # the mining op on half inputs
+
+    def shape_strategy(self):
+        return st.tuples(st.integers(1, 40), st.integers(1, 90), st.integers(1, 70), st.integers(1, 12))
 
 
 @pytest.mark.parametrize("kwargs,message,error", [
-    (dict(margin=-0.1), "margin to be a number >= 0 or None", ValueError),
-    (dict(margin="0.3"), "margin to be a number >= 0 or None", ValueError),
     (dict(reduction="avg"), "reduction to be one of", ValueError),
-    (dict(distance="manhattan"), "distance to be one of", ValueError),
-    (dict(normalize=1), "normalize to be a bool", TypeError),
     (dict(ref_emb=torch.rand(5, 3)), "ref_emb and ref_labels to be given together", ValueError),
     (dict(backend="fortran"), "backend", ValueError),
     (dict(backend="cuda"), "no CUDA C\\+\\+ kernel", ValueError),
 ])
 def test_bad_arguments(kwargs, message, error):
     inputs = _ok()
-    emb, labels = inputs["emb"], inputs["labels"]
     with pytest.raises(error, match=message):
-        fgreid_ops.batch_hard_triplet(emb, labels, **kwargs)
-
-
-def test_bad_distance_in_kernel():
-    inputs = _ok()
-    args = (inputs["emb"], inputs["labels"], inputs["ref_emb"], inputs["ref_labels"])
-    with pytest.raises((ValueError, RuntimeError), match="expected distance to be one of"):
-        torch.ops.fgreid.batch_hard_triplet_mine(*args, "manhattan")
+        fgreid_ops.batch_hard_triplet(inputs["emb"], inputs["labels"], **kwargs)
 
 
 def test_device_mismatch_names_argument():

@@ -4,15 +4,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import strategies as st
 
 import fgreid_ops
+from fgreid_ops.ops.evaluate import COUNT, EVALUATE, FINALIZE, MATCHES
 from fgreid_ops.reference import distance_reference, evaluate_reference
 
 from helpers import kernel_backends
+from op_battery import OpTester
 
 BACKENDS = kernel_backends()
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 DIST_LAYOUTS = ["contiguous", "transposed", "strided"]
 
 
@@ -125,22 +126,6 @@ def test_known_values_map_and_minp():
 
 # --- kernels vs the numpy transcription ----------------------------------------------------------
 
-# every layout in float32, every dtype in one layout (hypothesis mixes the rest)
-DTYPE_LAYOUTS = [(torch.float32, layout) for layout in DIST_LAYOUTS] + [
-    (torch.float16, "contiguous"), (torch.bfloat16, "strided"), (torch.float64, "transposed")]
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("dtype,layout", DTYPE_LAYOUTS, ids=[f"{d}-{l}" for d, l in DTYPE_LAYOUTS])
-@pytest.mark.parametrize("levels", [None, 5], ids=["distinct", "ties"])
-def test_distmat_matches_numpy(backend, device, dtype, layout, levels):
-    distmat, ids = make_problem(9, 70, num_pids=6, num_cams=3, levels=levels, dtype=dtype, device=device)
-    distmat = to_dist_layout(distmat, layout)
-    r = fgreid_ops.evaluate(distmat, *ids, max_rank=10, return_per_query=True, backend=backend)
-    assert r.cmc.shape == (10,) and r.cmc.dtype == torch.float64 and r.ap.shape == (9,)
-    assert_matches_numpy(r, distmat, ids, 10)
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", "cpu", id="reference")])
 def test_edge_cases(backend, device):
     run = lambda d, ids, **kw: fgreid_ops.evaluate(d.to(device), *(t.to(device) for t in ids), backend=backend, **kw)
@@ -215,19 +200,6 @@ def test_numpy_inputs_like_torchreid():
     assert_matches_numpy(r, distmat, ids, 5)
     assert set(r.summary()) == {"rank1", "rank5", "mAP", "mINP", "num_skipped"}
     assert r.rank(1) == pytest.approx(float(r.cmc[0]))
-
-
-@given(
-    Q=st.integers(1, 12), G=st.integers(1, 40), num_pids=st.integers(1, 6), num_cams=st.integers(1, 3),
-    levels=st.sampled_from([None, 2, 6]), max_rank=st.integers(1, 50), junk=st.sampled_from([None, 0]),
-    dtype=st.sampled_from(DTYPES), layout=st.sampled_from(DIST_LAYOUTS), seed=st.integers(0, 2**16),
-)
-@pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", "cpu", id="reference")])
-def test_hypothesis_random_ids(backend, device, Q, G, num_pids, num_cams, levels, max_rank, junk, dtype, layout, seed):
-    distmat, ids = make_problem(Q, G, num_pids, num_cams, seed=seed, levels=levels, dtype=dtype, device=device)
-    distmat = to_dist_layout(distmat, layout)
-    r = fgreid_ops.evaluate(distmat, *ids, max_rank=max_rank, junk_pid=junk, return_per_query=True, backend=backend)
-    assert_matches_numpy(r, distmat, ids, max_rank, junk_pid=junk)
 
 
 # --- features form: streamed == distance-matrix form ---------------------------------------------
@@ -343,108 +315,128 @@ def test_fgpr_protocol():
         fgreid_ops.evaluate_fgpr(feats, pids, torch.where(pids == 0, 9, cams), groups)
 
 
-# --- registered ops ------------------------------------------------------------------------------
-
-def _ops(backend):
-    if backend == "triton":
-        return torch.ops.fgreid.evaluate_triton, torch.ops.fgreid.evaluate_count_triton
-    return torch.ops.fgreid.evaluate, torch.ops.fgreid.evaluate_count
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_opcheck(backend, device):
-    evaluate_op, count_op = _ops(backend)
-    distmat, ids = make_problem(6, 40, num_pids=3, num_cams=2, seed=14, device=device)
-    torch.library.opcheck(evaluate_op, (distmat, *ids, None))
-    # junk pid 3 only in the gallery (a skipped query would give NaN, which opcheck compares unequal)
-    g_junk = torch.where(torch.arange(40, device=device) % 5 == 0, 3, ids[1])
-    torch.library.opcheck(evaluate_op, (distmat.T.contiguous().T, ids[0], g_junk, ids[2], ids[3], 3))
-    offsets, index = torch.ops.fgreid.evaluate_matches(*(t.cpu() for t in ids), None)
-    offsets, index = offsets.to(device), index.to(device)
-    query = torch.repeat_interleave(torch.arange(6, device=device), offsets.diff())
-    match_dist = distmat[query, index]
-    counts = torch.zeros_like(index)
-    torch.library.opcheck(count_op, (distmat[:, 10:30], ids[0], ids[1][10:30], 10, offsets, index, match_dist,
-                                     None, counts))
-    if backend == "cpu":
-        torch.library.opcheck(torch.ops.fgreid.evaluate_finalize, (offsets, index, match_dist, counts))
-        torch.library.opcheck(torch.ops.fgreid.evaluate_matches, (*ids, 0))
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_torch_compile_fullgraph(backend, device):
-    torch._dynamo.reset()
-
-    def run(d, qp, gp, qc, gc):
-        r = fgreid_ops.evaluate(d, qp, gp, qc, gc, max_rank=5, return_per_query=True, backend=backend)
-        return r.cmc, r.mAP, r.mINP, r.num_skipped, r.ap
-
-    compiled = torch.compile(run, fullgraph=True, dynamic=True)
-    for Q, G, seed in [(5, 30, 15), (7, 44, 16)]:
-        distmat, ids = make_problem(Q, G, num_pids=3, num_cams=2, seed=seed, device=device)
-        for a, b in zip(compiled(distmat, *ids), run(distmat, *ids)):
-            torch.testing.assert_close(a, b, equal_nan=True)
-
-
-# --- bad input -----------------------------------------------------------------------------------
+# --- the generic battery (tests/op_battery.py) ---------------------------------------------------
 
 def _good():
     distmat, ids = make_problem(3, 5, num_pids=2, num_cams=2)
-    return [distmat, *ids]
+    return [distmat, *ids, None, 50]  # + junk_pid, max_rank
 
 
 def _with(i, value):
     args = _good()
     args[i] = value
-    return args
+    return tuple(args)
 
 
+# (pattern after "fgreid_ops.evaluate: expected ", make() -> TestEvaluate's arguments, error);
+# the kernel ops check the first N_KERNEL_CHECKED too
 BAD_INPUTS = [
-    ("distmat to be 2-D", lambda: _with(0, torch.rand(3)), {}, ValueError),
-    ("distmat to be float32", lambda: _with(0, torch.ones(3, 5, dtype=torch.int64)), {}, TypeError),
-    ("distmat to have at least one query", lambda: _with(0, torch.rand(0, 5)), {}, ValueError),
-    ("distmat to have at least one gallery item", lambda: _with(0, torch.rand(3, 0)), {}, ValueError),
-    ("q_pids of shape [Q]=[3]", lambda: _with(1, torch.zeros(4, dtype=torch.int64)), {}, ValueError),
-    ("g_pids of shape [G]=[5]", lambda: _with(2, torch.zeros(5, 1, dtype=torch.int64)), {}, ValueError),
-    ("q_camids of shape [Q]=[3]", lambda: _with(3, torch.zeros(2, dtype=torch.int64)), {}, ValueError),
-    ("g_camids of shape [G]=[5]", lambda: _with(4, torch.zeros(6, dtype=torch.int64)), {}, ValueError),
-    ("q_pids to be an (integer|int64) tensor", lambda: _with(1, torch.zeros(3)), {}, TypeError),
-    ("g_camids to be an (integer|int64) tensor", lambda: _with(4, torch.zeros(5, dtype=torch.bool)), {}, TypeError),
-    ("q_pids to be a torch.Tensor", lambda: _with(1, [1, 2, 3]), {}, TypeError),
-    ("max_rank >= 1", _good, {"max_rank": 0}, ValueError),
-    ("max_rank to be an int", _good, {"max_rank": 2.5}, TypeError),
-    ("junk_pid to be an int or None", _good, {"junk_pid": 1.5}, TypeError),
+    ("distmat to be 2-D", lambda: _with(0, torch.rand(3)), ValueError),
+    ("distmat to be float32", lambda: _with(0, torch.ones(3, 5, dtype=torch.int64)), TypeError),
+    ("distmat to have at least one query", lambda: _with(0, torch.rand(0, 5)), ValueError),
+    ("distmat to have at least one gallery item", lambda: _with(0, torch.rand(3, 0)), ValueError),
+    (r"q_pids of shape \[Q\]=\[3\]", lambda: _with(1, torch.zeros(4, dtype=torch.int64)), ValueError),
+    (r"g_pids of shape \[G\]=\[5\]", lambda: _with(2, torch.zeros(5, 1, dtype=torch.int64)), ValueError),
+    (r"q_camids of shape \[Q\]=\[3\]", lambda: _with(3, torch.zeros(2, dtype=torch.int64)), ValueError),
+    (r"g_camids of shape \[G\]=\[5\]", lambda: _with(4, torch.zeros(6, dtype=torch.int64)), ValueError),
+    ("q_pids to be an (integer|int64) tensor", lambda: _with(1, torch.zeros(3)), TypeError),
+    ("g_camids to be an (integer|int64) tensor", lambda: _with(4, torch.zeros(5, dtype=torch.bool)), TypeError),
+    # the public function only
+    ("q_pids to be a torch.Tensor", lambda: _with(1, [1, 2, 3]), TypeError),
+    ("max_rank >= 1", lambda: _with(6, 0), ValueError),
+    ("max_rank to be an int", lambda: _with(6, 2.5), TypeError),
+    ("junk_pid to be an int or None", lambda: _with(5, 1.5), TypeError),
+]
+N_KERNEL_CHECKED = 10
+# the public function converts integer ids to int64; the kernel ops want int64
+KERNEL_BAD_INPUTS = [(m, (lambda make=make: make()[:6]), e) for m, make, e in BAD_INPUTS[:N_KERNEL_CHECKED]] + [
+    ("q_pids to be an int64 tensor", lambda: _with(1, torch.zeros(3, dtype=torch.int32))[:6], TypeError),
 ]
 
-
-@pytest.mark.parametrize("message,make,kwargs,error", BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, *_) in enumerate(BAD_INPUTS)])
-@pytest.mark.parametrize("backend,device", BACKENDS[:2])
-def test_bad_input_raises_naming_argument(backend, device, message, make, kwargs, error):
-    with pytest.raises(error, match="fgreid_ops.evaluate: expected " + message.replace("[", r"\[").replace("]", r"\]")):
-        fgreid_ops.evaluate(*make(), backend=backend, **kwargs)
+# levels: distances are small integers (many ties), or distinct; junk_pid
+PROBLEMS = {"distinct": (None, None), "ties": (5, None), "junk": (2, 0)}
 
 
-OP_BAD_INPUTS = [b for b in BAD_INPUTS if not b[2] and "torch.Tensor" not in b[0]] + [
-    ("q_pids to be an int64 tensor", lambda: _with(1, torch.zeros(3, dtype=torch.int32)), {}, TypeError),
-]
+def every_query_matched(ids, junk_pid):
+    """ids in which every query has a match (a skipped query's NaN AP compares unequal in
+    opcheck), and with a junk pid, one that only the gallery holds."""
+    q_pids, g_pids, q_camids, g_camids = (t.clone() for t in ids)
+    Q = q_pids.shape[0]
+    g_pids[:Q], g_camids[:Q] = q_pids, q_camids + 1
+    if junk_pid is not None:
+        junk_pid = int(torch.cat([q_pids, g_pids]).max()) + 1
+        g_pids[Q::5] = junk_pid
+    return (q_pids, g_pids, q_camids, g_camids), junk_pid
 
 
-@pytest.mark.parametrize("message,make,kwargs,error", OP_BAD_INPUTS, ids=[f"{i}:{m}" for i, (m, *_) in enumerate(OP_BAD_INPUTS)])
-@pytest.mark.parametrize("op", ["evaluate", "evaluate_triton"])
-def test_bad_input_raises_in_kernel_and_on_meta(op, message, make, kwargs, error):
-    if op == "evaluate_triton" and not fgreid_ops._backend.triton_available("cpu"):
-        pytest.skip("needs triton")
-    args = make()
-    pattern = "fgreid_ops.evaluate: expected " + message.replace("[", r"\[").replace("]", r"\]")
-    fn = getattr(torch.ops.fgreid, op)
-    with pytest.raises((error, RuntimeError), match=pattern):
-        fn(*args, None)  # the C++ (or Triton launcher) checks, for direct torch.ops callers
-    with pytest.raises((error, RuntimeError), match=pattern):
-        fn(*(a.to("meta") for a in args), None)  # the fake
+class TestEvaluate(OpTester):
+    """evaluate(distmat, ids, max_rank, junk_pid) against the numpy transcription, on the kernels
+    and on the library's reference. The kernel op fgreid::evaluate gives the per-query
+    (first_hit, ap, inp) that the public function summarizes; the streamed evaluation's
+    kernel ops (matches, count, finalize) are opchecked beside it. No gradients."""
+
+    op_def = EVALUATE
+    backends = BACKENDS + [pytest.param("reference", "cpu", id="reference")]
+    layouts = DIST_LAYOUTS
+    opcheck_layouts = ("contiguous", "transposed")
+    cases = tuple(PROBLEMS)
+    shape = (9, 70, 6, 3, 10)  # Q, G, number of pids, number of cameras, max_rank
+    shapes = [(5, 30, 3, 2, 5), (7, 44, 3, 2, 5)]
+    grad_inputs = ()
+    bad_inputs = BAD_INPUTS
+    kernel_bad_inputs = KERNEL_BAD_INPUTS
+    bad_messages_are_patterns = True
+    hypothesis_exact_integers = True  # rankings are exact in every dtype: num_skipped too
+
+    def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
+        Q, G, num_pids, num_cams, max_rank = shape
+        levels, junk_pid = PROBLEMS[case]
+        distmat, ids = make_problem(Q, G, num_pids, num_cams, seed=seed, levels=levels, dtype=dtype, device=device)
+        if purpose == "opcheck":
+            ids, junk_pid = every_query_matched(ids, junk_pid)
+        return (distmat, *ids, junk_pid, max_rank)
+
+    def kernel_args(self, args):
+        return args[:6]  # max_rank only shapes the public function's summary
+
+    def call(self, backend, distmat, q_pids, g_pids, q_camids, g_camids, junk_pid, max_rank):
+        return fgreid_ops.evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, return_per_query=True,
+                                   junk_pid=junk_pid, backend=backend)
+
+    def reference(self, distmat, q_pids, g_pids, q_camids, g_camids, junk_pid, max_rank):
+        ids = (t.cpu() for t in (q_pids, g_pids, q_camids, g_camids))
+        cmc, mean_ap, mean_inp, skipped, ap = numpy_eval(distmat.cpu(), *ids, max_rank, junk_pid)
+        scalar = dict(dtype=torch.float64)
+        return (torch.from_numpy(cmc), torch.tensor(mean_ap, **scalar), torch.tensor(mean_inp, **scalar),
+                torch.tensor(skipped), torch.from_numpy(ap))
+
+    def layout_inputs(self, args, layout):
+        return (to_dist_layout(args[0], layout), *args[1:])
+
+    def output_dtype(self, position, dtype):
+        return torch.float64
+
+    def assert_close(self, actual, expected, dtype, grad=False):
+        # every row is ranked exactly in its dtype: only the float64 means round
+        torch.testing.assert_close(actual, expected.to(actual.device), rtol=1e-12, atol=1e-12, equal_nan=True)
+
+    def kernel_opchecks(self, backend, args, device):
+        distmat, *ids, junk_pid, _ = args
+        matches, count, finalize = (getattr(torch.ops.fgreid, op.kernel_name(backend)) for op in (MATCHES, COUNT, FINALIZE))
+        offsets, index = matches(*ids, junk_pid)
+        query = torch.repeat_interleave(torch.arange(distmat.shape[0], device=device), offsets.diff())
+        match_dist = distmat[query, index]
+        counts = torch.zeros_like(index)
+        lo, hi = 10, 30  # a gallery chunk
+        chunk = (distmat[:, lo:hi], ids[0], ids[1][lo:hi], lo, offsets, index, match_dist, junk_pid, counts)
+        return [(matches, (*ids, junk_pid)), (count, chunk), (finalize, (offsets, index, match_dist, counts))]
+
+    def shape_strategy(self):
+        return st.tuples(st.integers(1, 12), st.integers(1, 40), st.integers(1, 6), st.integers(1, 3), st.integers(1, 50))
 
 
 def test_device_mismatch_and_backend():
-    distmat, *ids = _good()
+    distmat, *ids = _good()[:5]
     with pytest.raises(ValueError, match="expected g_pids on the same device as distmat"):
         fgreid_ops.evaluate(distmat, ids[0], ids[1].to("meta"), ids[2], ids[3])
     with pytest.raises(ValueError, match="backend"):
@@ -473,7 +465,7 @@ def test_features_bad_input(message, edit, kwargs, error):
 
 
 def test_count_and_finalize_reject_bad_match_lists():
-    distmat, *ids = _good()
+    distmat, *ids = _good()[:5]
     offsets, index = torch.ops.fgreid.evaluate_matches(*ids, None)
     match_dist = torch.zeros(index.shape[0])
     counts = torch.zeros_like(index)

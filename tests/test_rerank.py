@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import strategies as st
 
 import fgreid_ops
-from fgreid_ops.ops.rerank import Reranker
+from fgreid_ops.ops.rerank import BLEND, DEFAULT_MEMORY_BUDGET, KNN, NEIGHBOURS, Reranker, blend_torch
 from fgreid_ops.reference import rerank_reference
 
-from helpers import kernel_backends
+from helpers import kernel_backends, to_layout
+from op_battery import OpTester
 
 BACKENDS = [p for p in kernel_backends() if p.id in ("cpu", "triton-interpret", "triton-cuda")]
 TOL = dict(rtol=0, atol=1e-5)
@@ -119,15 +120,27 @@ def test_float16_numpy_variant_distance():
 
 # --- kernels against the reference -------------------------------------------------------------
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("k1,k2,lambda_value", PARAMS)
-def test_matches_reference(backend, device, k1, k2, lambda_value):
-    if backend == "triton" and (k1, k2) not in ((20, 6), (60, 4)):
-        pytest.skip("the interpreter is slow: the Triton kNN stage runs on two parameter sets")
+# the parameter sets of the battery (TestRerank) run on every backend and dtype, the others on the
+# CPU kernels; the Triton interpreter (~8 s a kNN stage here) runs the battery's sets in float32
+BATTERY_PARAMS = {"defaults": (20, 6, 0.3), "k1>=N": (60, 4, 0.3)}
+INTERPRETED = [p for p in BACKENDS if p.id == "triton-interpret"]
+
+
+@pytest.mark.parametrize("k1,k2,lambda_value", [p for p in PARAMS if p.id not in BATTERY_PARAMS])
+def test_parameter_sets_match_reference(k1, k2, lambda_value):
     q, g = clustered(9, 31, seed=k1 + k2)
-    out = fgreid_ops.rerank(q.to(device), g.to(device), k1, k2, lambda_value, backend=backend)
+    out = fgreid_ops.rerank(q, g, k1, k2, lambda_value, backend="cpu")
     assert out.dtype == torch.float32 and out.shape == (9, 31)
-    torch.testing.assert_close(out.cpu(), rerank_reference(q, g, k1, k2, lambda_value), **TOL)
+    torch.testing.assert_close(out, rerank_reference(q, g, k1, k2, lambda_value), **TOL)
+
+
+@pytest.mark.parametrize("backend,device", INTERPRETED)
+@pytest.mark.parametrize("k1,k2,lambda_value", list(BATTERY_PARAMS.values()), ids=list(BATTERY_PARAMS))
+def test_triton_interpreter_matches_reference(backend, device, k1, k2, lambda_value):
+    q, g = clustered(9, 31, seed=k1 + k2)
+    out = fgreid_ops.rerank(q, g, k1, k2, lambda_value, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == (9, 31)
+    torch.testing.assert_close(out, rerank_reference(q, g, k1, k2, lambda_value), **TOL)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -161,15 +174,6 @@ def test_non_finite_features_do_not_crash(k1):
 def test_single_gallery_item_and_query():
     q, g = clustered(1, 1, seed=5)
     torch.testing.assert_close(fgreid_ops.rerank(q, g), rerank_reference(q, g), **TOL)
-
-
-@given(num_query=st.integers(1, 8), num_gallery=st.integers(1, 24), dim=st.integers(1, 12),
-       k1=st.integers(1, 30), k2=st.integers(1, 8), lambda_value=st.sampled_from([0.0, 0.3, 0.75, 1.0]),
-       seed=st.integers(0, 2**16))
-def test_hypothesis_against_reference(num_query, num_gallery, dim, k1, k2, lambda_value, seed):
-    q, g = clustered(num_query, num_gallery, dim=dim, clusters=3, seed=seed)
-    torch.testing.assert_close(fgreid_ops.rerank(q, g, k1, k2, lambda_value),
-                               rerank_reference(q, g, k1, k2, lambda_value), **TOL)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
@@ -251,6 +255,25 @@ def test_triton_knn_kernel_compiles_for_sm90():
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def test_torch_blend_traces_fullgraph():
+    """The plain-PyTorch blend of the CUDA path under torch.compile(fullgraph=True), on CPU
+    tensors: its sizes are data-dependent (unbacked), the tile is the CPU kernel's."""
+    q, g = clustered(5, 17, seed=31)
+    reranker = Reranker(q, g, 4, 2, 0.3, "cpu")
+    x, sq, row_max, sparse = reranker.x, reranker.sq, reranker.row_max, reranker.sparse
+    n = x.shape[0]
+    inv_key = torch.repeat_interleave(torch.arange(n), sparse[3].diff()) * n + sparse[4]  # column * N + row
+
+    def tile(gram):
+        blend_torch(gram, sq[:5], sq[5:], row_max[:5], sparse, inv_key, 0, 5, 0.3)
+        return gram
+
+    compiled = torch.compile(tile, fullgraph=True, dynamic=True, backend="eager")
+    out = compiled(x[:5] @ x[5:].T)
+    assert torch.equal(out, tile(x[:5] @ x[5:].T))
+    torch.testing.assert_close(out, fgreid_ops.rerank(q, g, 4, 2, backend="cpu"), **TOL)
+
+
 # --- streamed evaluation -----------------------------------------------------------------------
 
 def _ids(num_query, num_gallery, seed):
@@ -298,49 +321,110 @@ def test_evaluate_features_rerank_triton(backend, device):
     torch.testing.assert_close(streamed.mAP, dense.mAP, rtol=0, atol=1e-12)
 
 
-# --- registration ------------------------------------------------------------------------------
+# --- the generic battery (tests/op_battery.py) ---------------------------------------------------
 
-def test_opcheck():
-    q, g = clustered(4, 12, seed=29)
-    x = torch.cat([q, g])
-    sq = (x * x).sum(1)
-    torch.library.opcheck(torch.ops.fgreid.rerank_knn, (x, sq, 5))
-    index, row_max = torch.ops.fgreid.rerank_knn(x, sq, 5)
-    torch.library.opcheck(torch.ops.fgreid.rerank_neighbours, (x, sq, index, row_max, 4, 2))
-    sparse = torch.ops.fgreid.rerank_neighbours(x, sq, index, row_max, 4, 2)
-    gram = (q @ g.T).contiguous()
-    torch.library.opcheck(torch.ops.fgreid.rerank_blend_, (gram, sq[:4], sq[4:], row_max[:4], *sparse, 0, 4, 0.3))
+def _public(**changes):
+    args = dict(q_feats=torch.zeros(3, 8), g_feats=torch.zeros(5, 8), k1=20, k2=6, lambda_value=0.3,
+                memory_budget=DEFAULT_MEMORY_BUDGET)
+    args.update(changes)
+    return tuple(args.values())
 
 
-def test_torch_compile_fullgraph():
-    """Dynamo traces the stages through their fakes (the sparse stage's nnz is an unbacked size)."""
-    compiled = torch.compile(lambda a, b: fgreid_ops.rerank(a, b, 4, 2) * 2, fullgraph=True, dynamic=True,
-                             backend="eager")
-    for seed, (num_query, num_gallery) in enumerate([(4, 12), (5, 17)]):
-        q, g = clustered(num_query, num_gallery, seed=31 + seed)
-        assert torch.equal(compiled(q, g), fgreid_ops.rerank(q, g, 4, 2) * 2)
+BAD_INPUTS = [  # (message after "fgreid_ops.rerank: expected ", make() -> rerank's arguments, error)
+    ("at least one query and one gallery item", lambda: _public(g_feats=torch.zeros(0, 8)), ValueError),
+    ("at least one query and one gallery item", lambda: _public(q_feats=torch.zeros(0, 8)), ValueError),
+    ("q_feats and g_feats with the same D", lambda: _public(g_feats=torch.zeros(5, 7)), ValueError),
+    ("q_feats to be float32", lambda: _public(q_feats=torch.zeros(3, 8, dtype=torch.int64)), TypeError),
+    ("q_feats to be 2-D", lambda: _public(q_feats=torch.zeros(3)), ValueError),
+    ("k1 >= 1", lambda: _public(k1=0), ValueError),
+    ("k2 >= 1", lambda: _public(k2=0), ValueError),
+    ("k1 to be an int", lambda: _public(k1=2.0), TypeError),
+    ("0 <= lambda_value <= 1", lambda: _public(lambda_value=1.5), ValueError),
+    ("memory_budget", lambda: _public(memory_budget=0), ValueError),
+]
+
+
+def _knn_args(feats=None, k=5):
+    x = torch.cat(clustered(3, 9, seed=41)) if feats is None else feats
+    return x, (x.float() * x.float()).sum(1), k
+
+
+KNN_BAD_INPUTS = [  # the kNN stage's own checks (messages name rerank_knn)
+    ("1 <= k <= N (12)", lambda: _knn_args(k=13), ValueError),
+    ("1 <= k <= N (12)", lambda: _knn_args(k=0), ValueError),
+    ("feats to be float32", lambda: _knn_args(torch.ones(12, 8, dtype=torch.float64)), TypeError),
+    ("feats to be 2-D", lambda: (torch.ones(12), torch.ones(12), 5), ValueError),
+    ("sqnorms of shape [N]=[12]", lambda: (*_knn_args()[:1], torch.ones(5), 5), ValueError),
+]
+
+
+class TestRerank(OpTester):
+    """rerank(q_feats, g_feats, k1, k2, lambda_value, memory_budget) against the dense reference:
+    the kNN op is fgreid::rerank_knn (C++ and Triton), the sparse stage and the blend
+    (CPU C++) are opchecked beside it. Features on the 1/8 grid are exact in every dtype. No
+    gradients."""
+
+    op_def = KNN
+    backends = [p for p in BACKENDS if p.id != "triton-interpret"]  # see test_triton_interpreter_matches_reference
+    layouts = ("contiguous", "strided")  # strided: a column-strided q_feats and a transposed g_feats
+    opcheck_layouts = ("contiguous",)
+    cases = tuple(BATTERY_PARAMS)
+    shape = (9, 31, 8)  # Q, G, D
+    shapes = [(12, 30, 8), (13, 35, 8)]
+    grad_inputs = ()
+    bad_inputs = BAD_INPUTS
+    kernel_bad_inputs = KNN_BAD_INPUTS
+    kernel_message_op = "rerank_knn"
+    compile_backend = "eager"  # Dynamo through the stages' fakes (the sparse stage's nnz is unbacked)
+
+    def make_inputs(self, case, shape, dtype, device, seed=0, purpose="forward"):
+        num_query, num_gallery, dim, *params = shape  # hypothesis draws k1, k2, lambda_value too
+        k1, k2, lambda_value = params or BATTERY_PARAMS[case]
+        q, g = clustered(num_query, num_gallery, dim=dim, clusters=3 if params else 4, seed=seed + k1 + k2)
+        return q.to(dtype).to(device), g.to(dtype).to(device), k1, k2, lambda_value, DEFAULT_MEMORY_BUDGET
+
+    def layout_inputs(self, args, layout):
+        q, g, *rest = args
+        if layout == "strided":
+            q, g = to_layout(q, "strided"), g.T.contiguous().T
+        return (q, g, *rest)
+
+    def call(self, backend, q, g, k1, k2, lambda_value, memory_budget):
+        return fgreid_ops.rerank(q, g, k1, k2, lambda_value, memory_budget=memory_budget, backend=backend)
+
+    def reference(self, q, g, k1, k2, lambda_value, memory_budget):
+        return rerank_reference(q.cpu(), g.cpu(), k1, k2, lambda_value)  # its dense matrices live on the CPU
+
+    def kernel_args(self, args):
+        q, g, k1, k2, *_ = args
+        x = torch.cat([q, g]).to(torch.float32).contiguous()
+        return x, (x * x).sum(1), min(x.shape[0], max(k1 + 1, k2))
+
+    def kernel_opchecks(self, backend, args, device):
+        if backend not in NEIGHBOURS.backends:  # the sparse stage and the blend run on CPU
+            return []
+        x, sq, k = self.kernel_args(args)
+        _, _, k1, k2, lambda_value, _ = args
+        index, row_max = torch.ops.fgreid.rerank_knn(x, sq, k)
+        neighbours = (x, sq, index, row_max, k1, k2)
+        sparse = getattr(torch.ops.fgreid, NEIGHBOURS.name)(*neighbours)
+        Q = args[0].shape[0]
+        gram = (x[:Q] @ x[Q:].T).contiguous()
+        blend = (gram, sq[:Q], sq[Q:], row_max[:Q], *sparse, 0, Q, lambda_value)
+        return [(getattr(torch.ops.fgreid, NEIGHBOURS.name), neighbours), (getattr(torch.ops.fgreid, BLEND.name), blend)]
+
+    def output_dtype(self, position, dtype):
+        return torch.float32
+
+    def assert_close(self, actual, expected, dtype, grad=False):
+        torch.testing.assert_close(actual, expected.to(actual.device, actual.dtype), **TOL)
+
+    def shape_strategy(self):
+        return st.tuples(st.integers(1, 8), st.integers(1, 24), st.integers(1, 12), st.integers(1, 30),
+                         st.integers(1, 8), st.sampled_from([0.0, 0.3, 0.75, 1.0]))
 
 
 # --- errors ------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(g_feats=torch.zeros(0, 8)), ValueError, "expected at least one query and one gallery item"),
-    (dict(q_feats=torch.zeros(0, 8)), ValueError, "expected at least one query and one gallery item"),
-    (dict(g_feats=torch.zeros(5, 7)), ValueError, "expected q_feats and g_feats with the same D"),
-    (dict(q_feats=torch.zeros(3, 8, dtype=torch.int64)), TypeError, "expected q_feats to be float32"),
-    (dict(q_feats=torch.zeros(3)), ValueError, "expected q_feats to be 2-D"),
-    (dict(k1=0), ValueError, "expected k1 >= 1"),
-    (dict(k2=0), ValueError, "expected k2 >= 1"),
-    (dict(k1=2.0), TypeError, "expected k1 to be an int"),
-    (dict(lambda_value=1.5), ValueError, "expected 0 <= lambda_value <= 1"),
-    (dict(memory_budget=0), ValueError, "expected memory_budget"),
-])
-def test_input_errors(kwargs, error, match):
-    args = dict(q_feats=torch.zeros(3, 8), g_feats=torch.zeros(5, 8))
-    args.update(kwargs)
-    with pytest.raises(error, match=f"fgreid_ops.rerank: {match}"):
-        fgreid_ops.rerank(**args)
-
 
 def test_empty_gallery_error_from_evaluate_features():
     ids = (torch.zeros(3, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
@@ -367,8 +451,6 @@ def test_direct_op_calls_validate_indices():
     x = torch.cat([q, g])
     sq = (x * x).sum(1)
     index, row_max = torch.ops.fgreid.rerank_knn(x, sq, 5)
-    with pytest.raises(ValueError, match="fgreid_ops.rerank_knn: expected 1 <= k <= N"):
-        torch.ops.fgreid.rerank_knn(x, sq, 13)
     bad = index.clone()
     bad[2, 1] = 12
     with pytest.raises(ValueError, match="fgreid_ops.rerank_neighbours: expected knn_index values in"):

@@ -79,7 +79,7 @@ def blend_torch(gram, row_sq, col_sq, row_max, sparse, inv_key, row_start, col_s
     start = torch.searchsorted(inv_key, cols * N + col_start)
     count = torch.searchsorted(inv_key, cols * N + (col_start + C)) - start
     total = int(count.sum())
-    entry = torch.repeat_interleave(torch.arange(hi - lo, device=device), count, output_size=total)
+    entry = torch.repeat_interleave(torch.arange(count.shape[0], device=device), count, output_size=total)
     pos = torch.arange(total, device=device) - (torch.cumsum(count, 0) - count)[entry] + start[entry]
     m = torch.zeros(R, C, dtype=torch.float32, device=device)
     m.index_put_((rows[entry], inv_rows[pos] - col_start), torch.minimum(vals[entry], inv_values[pos]),
