@@ -179,6 +179,14 @@ def test_each_op_defines_its_cpp_schemas_in_its_own_file():
     assert defined == expected
 
 
+def test_every_op_has_a_battery_subclass():
+    """Each listed op's tests/test_<op>.py runs the generic battery (tests/op_battery.py)."""
+    tests = PACKAGE_DIR.parent / "tests"
+    for name in _oplist.OPS:
+        source = (tests / f"test_{name}.py").read_text()
+        assert re.search(r"^class \w+\(OpTester\):", source, re.M), f"tests/test_{name}.py has no OpTester subclass"
+
+
 def test_registering_a_name_twice_raises():
     op = _registry.all_ops()[0]
     with pytest.raises(ValueError, match="registered twice"):
