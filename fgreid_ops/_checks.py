@@ -11,7 +11,8 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 def check_tensor(op: str, arg: str, t) -> None:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be a torch.Tensor, got {type(t).__name__}")
+        got = "None" if t is None else type(t).__name__
+        raise TypeError(f"fgreid_ops.{op}: expected {arg} to be a torch.Tensor, got {got}")
 
 
 def check_float_dtype(op: str, arg: str, t: torch.Tensor) -> None:

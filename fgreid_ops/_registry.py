@@ -155,11 +155,38 @@ def _register_unavailable(qualname: str) -> None:
     torch.library.register_kernel(qualname, _triton_support.UNAVAILABLE_DEVICES, unavailable)
 
 
+# The kernels of _register_none_arguments.
+_FALLBACKS = torch.library.Library(NAMESPACE, "IMPL")
+
+
+def _register_none_arguments(op: OpDef, name: str) -> None:
+    """A call whose tensor arguments are all None has no dispatch key: the dispatcher takes the
+    CompositeExplicitAutograd kernel then (which otherwise runs only on devices without a kernel
+    of their own), and raises "There were no tensor arguments to this function", naming no
+    argument, where there is none. This one names the first None tensor argument (a call with
+    some real tensors reaches the device's kernel, whose checks name the None), and on a device
+    with no kernel names the device."""
+    schema = getattr(torch.ops.fgreid, name).default._schema
+    tensor_args = [(i, a.name) for i, a in enumerate(schema.arguments) if isinstance(a.type, torch.TensorType)]
+
+    def no_kernel_for(*args, **kwargs):
+        values = [(arg, args[i] if i < len(args) else kwargs.get(arg)) for i, arg in tensor_args]
+        devices = sorted({str(v.device) for _, v in values if isinstance(v, torch.Tensor)})
+        if not devices:
+            arg = next(arg for arg, v in values if v is None)
+            raise TypeError(f"fgreid_ops.{op.op}: expected {arg} to be a torch.Tensor, got None")
+        raise NotImplementedError(f"fgreid_ops.{op.op}: fgreid::{name} has no kernel for tensors on {', '.join(devices)}")
+
+    _FALLBACKS.impl(name, no_kernel_for, "CompositeExplicitAutograd")
+
+
 def _register_variant(op: OpDef, name: str) -> None:
     qualname = f"{NAMESPACE}::{name}"
     torch.library.register_fake(qualname)(op.fake)
+    _register_none_arguments(op, name)
     if op.backward is None:
         return
+    _register_none_arguments(op, f"{name}_backward")
     backward_op = getattr(torch.ops.fgreid, f"{name}_backward")
     torch.library.register_fake(f"{qualname}_backward")(op.backward.fake)
     torch.library.register_autograd(qualname, op.backward.make(backward_op), setup_context=op.backward.setup_context)

@@ -220,9 +220,8 @@ def generic(target, fn, base, float_args=(), int_args=(), anchor=None, ref=None,
         mutate(f"{arg}_list", arg, lambda t: t.tolist())
     for arg in float_args:
         mutate(f"{arg}_complex", arg, lambda t: t.to(torch.complex64))
-    if not target.startswith("ops."):  # torch.ops passes None on as an undefined tensor (reported, not ours)
-        for arg in tensors:
-            mutate(f"{arg}_none", arg, None)
+    for arg in tensors:  # through torch.ops, None arrives as an undefined tensor
+        mutate(f"{arg}_none", arg, None)
     for arg, d in sizes:
         mutate(f"{arg}_size{d}_plus1", arg, lambda t, d=d: _resize_dim(t, d, t.shape[d] + 1))
         mutate(f"{arg}_empty{d}", arg, lambda t, d=d: _empty_dim(t, d))
@@ -1188,13 +1187,66 @@ add("gem", "backend_triton_cpu_without_interpreter", lambda: fgreid_ops.gem(rand
     names=("backend", "cpu"), batch="no_interpreter", env=(("TRITON_INTERPRET", "0"),))
 
 
+# --- None for tensor arguments of every registered op --------------------------------------------
+# Every tensor argument None: the dispatcher finds no dispatch key (fgreid_ops/_registry.py
+# _register_none_arguments names the argument). One None among real tensors: the kernel's checks
+# name it (the ops that `generic` covers get that per argument above; the others here).
+
+def _schema(op_name):
+    return getattr(OPS, op_name).default._schema
+
+
+def _placeholder(arg):
+    """A value of a non-tensor argument's type (it does not matter: the call fails on the tensors)."""
+    if isinstance(arg.type, torch.OptionalType):
+        return None
+    return {"int": 1, "float": 0.5, "bool": False, "str": "euclidean"}[str(arg.type)]
+
+
+def _all_none(op_name):
+    args = [None if isinstance(a.type, torch.TensorType) else _placeholder(a) for a in _schema(op_name).arguments]
+    return getattr(OPS, op_name)(*args)
+
+
+def _first_tensor_arg(op_name):
+    return next(a.name for a in _schema(op_name).arguments if isinstance(a.type, torch.TensorType))
+
+
+for op_name in sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fgreid::")):
+    add("ops.none", f"{op_name}_all", lambda o=op_name: _all_none(o), names=(_first_tensor_arg(op_name),))
+
+
+def rerank_knn_base():
+    feats = torch.randn(8, 4)
+    return dict(feats=feats, sqnorms=feats.pow(2).sum(1), k=3)
+
+
+def rerank_neighbours_base():
+    a = rerank_knn_base()
+    index, row_max = OPS.rerank_knn(a["feats"], a["sqnorms"], 4)
+    return dict(feats=a["feats"], sqnorms=a["sqnorms"], knn_index=index, row_max=row_max, k1=3, k2=1)
+
+
+def rerank_blend_base():
+    long = dict(dtype=torch.long)
+    return dict(gram=torch.zeros(2, 3), row_sq=torch.ones(2), col_sq=torch.ones(3), row_max=torch.ones(8),
+                v_offsets=torch.zeros(9, **long), v_columns=torch.zeros(0, **long), v_values=torch.zeros(0),
+                inv_offsets=torch.zeros(9, **long), inv_rows=torch.zeros(0, **long), inv_values=torch.zeros(0),
+                row_start=0, col_start=0, lambda_value=0.3)
+
+
+for op_name, base in (("rerank_knn", rerank_knn_base), ("rerank_knn_triton", rerank_knn_base),
+                      ("rerank_neighbours", rerank_neighbours_base), ("rerank_blend_", rerank_blend_base),
+                      ("evaluate_matches_triton", matches_base), ("evaluate_finalize_triton", finalize_base)):
+    for a in _schema(op_name).arguments:
+        if isinstance(a.type, torch.TensorType):
+            add("ops.none", f"{op_name}_{a.name}", call(getattr(OPS, op_name), set_arg(base, **{a.name: None})),
+                names=(a.name,))
+
+
 # Cases that still fail, with why: strict xfails in test_fuzz.py (a fix makes them fail as XPASS,
 # then drop the entry).
-KNOWN_FAILURES = {
-    "ops.off_segment_backward/stride_1099511627776":
-        "the C++ off_segment_backward accepts any stride whose grad_x (T + stride frames) is addressable "
-        "(off_checks.h check_off_segment_grad), so stride=2^40 fails in the allocator, not naming stride",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 # Subprocesses: each costs an import of torch and fgreid_ops (and the first Triton launch), so the

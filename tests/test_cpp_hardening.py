@@ -100,7 +100,7 @@ BAD_BACKWARD_CALLS = [
     (ops.topk_mask_backward, (torch.ones(2, 3, 4, 4), torch.ones(2, 1, 4, 5)), ValueError,
      "fgreid_ops.topk_mask_backward: expected mask of shape"),
     (ops.off_segment_backward, (torch.ones(1, 1, 3, 2, 2), 2**62), ValueError,
-     "fgreid_ops.off: expected stride small enough"),
+     r"fgreid_ops.off: expected stride <= \d+ \(grad_x of T = 1 \+ stride frames under 2\^48 bytes\)"),
     (ops.batch_hard_triplet_mine_backward, _triplet_backward_args(idx_p=torch.tensor([0, 5, 1])), ValueError,
      r"fgreid_ops.batch_hard_triplet: expected idx_p in \[-1, M\)=\[-1, 5\) .*got 5 at 1"),
     (ops.batch_hard_triplet_mine_backward, _triplet_backward_args(idx_n=torch.tensor([0, -2, 1])), ValueError,
@@ -264,6 +264,64 @@ def test_mask_upsample_mul_pool_over_a_long_plane_keeps_float32_accuracy():
     got = ops.mask_upsample_mul(feat, mask, "bilinear", True)
     want = sum(chunk.double().sum() for chunk in feat.flatten().split(2**22)) / feat.numel() * 0.75
     torch.testing.assert_close(got.double().flatten(), want.reshape(1), rtol=1e-5, atol=0)
+
+
+# The adjoint of the upsampling sums, per mask cell, over the channels that share the mask and
+# over the feat cells that read the cell: with a 1 x 1 mask, grad_mask is sum(grad_out * feat), one
+# sum of 2^26 terms (one float32 running sum of them stops growing at 2^24 times a term).
+@pytest.mark.parametrize("feat_shape, mask_channels, mode", [
+    ((1, LONG, 1, 1), 1, "nearest"),          # over channels (a shared mask)
+    ((1, 1, 1, LONG), 1, "bilinear"),         # along one row (the x-adjoint)
+    ((1, 1, LONG, 1), 1, "nearest"),          # along one column (the y-adjoint)
+    ((1, 2, LONG // 2, 1), 2, "bilinear"),    # a mask per channel: the y-adjoint of each plane
+])
+def test_mask_upsample_mul_grad_mask_over_long_sums_keeps_float32_accuracy(feat_shape, mask_channels, mode):
+    g = torch.Generator().manual_seed(0)
+    feat = torch.rand(feat_shape, generator=g) * 0.2 + 0.6
+    mask = torch.full((1, mask_channels, 1, 1), 0.5)
+    grad_out = torch.ones(1, 1, 1, 1).expand(feat_shape)  # read in place, one value per plane
+    _, grad_mask = ops.mask_upsample_mul_backward(grad_out, feat, mask, mode, False, False, True)
+    planes = feat.flatten(2) if mask_channels > 1 else feat.flatten(1)[:, None]
+    want = sum(chunk.double().sum(-1) for chunk in planes.split(2**22, dim=-1))
+    torch.testing.assert_close(grad_mask.double().flatten(), want.flatten(), rtol=1e-5, atol=0)
+
+
+def test_mask_upsample_mul_grad_mask_over_long_channels_with_a_dense_grad():
+    g = torch.Generator().manual_seed(1)
+    feat = torch.rand(1, 2**24, 2, 2, generator=g) * 0.2 + 0.6
+    grad_out = torch.rand(feat.shape, generator=g) * 0.2 + 0.6
+    _, grad_mask = ops.mask_upsample_mul_backward(grad_out, feat, torch.full((1, 1, 1, 1), 0.5), "nearest", False,
+                                                  False, True)
+    want = sum((gc.double() * fc.double()).sum() for gc, fc in zip(grad_out.split(2**20, 1), feat.split(2**20, 1)))
+    torch.testing.assert_close(grad_mask.double().flatten(), want.reshape(1), rtol=1e-5, atol=0)
+
+
+def test_triplet_distance_over_a_long_embedding_keeps_float32_accuracy():
+    g = torch.Generator().manual_seed(0)
+    emb = torch.rand(1, LONG, generator=g) + 1.0
+    ref = torch.rand(1, LONG, generator=g)
+    labels, ref_labels = torch.tensor([0]), torch.tensor([1])
+    for distance in ("sqeuclidean", "euclidean"):
+        _, d_an, _, idx_n = ops.batch_hard_triplet_mine(emb, labels, ref, ref_labels, distance)
+        assert idx_n.tolist() == [0]
+        sq = sum((a.double() - b.double()).pow(2).sum() for a, b in zip(emb.split(2**22, 1), ref.split(2**22, 1)))
+        want = sq if distance == "sqeuclidean" else sq.sqrt()
+        torch.testing.assert_close(d_an.double(), want.reshape(1), rtol=1e-5, atol=0)
+
+
+def test_topk_mask_pooled_selects_as_unpooled_over_long_channels():
+    # A = sum over 2^24 channels per position; the pooled kernel sums the channel chunks in the
+    # unpooled kernel's pairwise order, so both keep the same positions (position 3 is largest by
+    # a relative 1e-4 in float64, which a running sum of the chunks could lose)
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.rand(1, 2**24, 2, 2, generator=g) * 0.2 + 0.6
+    f1[:, :, 1, 1] += 0.7 * 1e-4 + (f1[:, :, 0, 0].double().mean() - f1[:, :, 1, 1].double().mean()).float()
+    a = sum(chunk.double().sum(1) for chunk in f1.split(2**20, 1)).flatten()
+    assert a.argmax().item() == 3
+    _, mask = ops.topk_mask(f1, f1, 1, False)
+    _, pooled_mask = ops.topk_mask(f1, f1, 1, True)
+    assert mask.flatten().tolist() == [1, 1, 1, 0]
+    assert torch.equal(pooled_mask, mask)
 
 
 # --- independence of ATen's CPU capability -------------------------------------------------------------

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "fgreid_ops/batch_hard_triplet_checks.h"
+#include "fgreid_ops/blocked_sum.h"
 #include "fgreid_ops/fast_math.h"
 #include "fgreid_ops/registration.h"
 
@@ -38,15 +39,24 @@ constexpr int64_t kBlock = 256;
 constexpr int64_t kMaxSymmetricBatch = 64 * 1024;
 constexpr int64_t kMinSymmetricBlock = 64;
 
+// sum_k x[k] y[k] over D: vector sums of kSumBlock terms, the blocks combined pairwise (one
+// block for any common embedding width).
 template <typename acc_t>
-FGREID_CPU_CLONES void row_squared_norms(const acc_t* x, int64_t rows, int64_t D, acc_t* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const acc_t* xr = x + r * D;
+FGREID_CPU_CLONES acc_t dot(const acc_t* x, const acc_t* y, int64_t D) {
+  CascadeSum<acc_t> total;
+  for (int64_t k0 = 0; k0 < D; k0 += kSumBlock) {
+    const int64_t n = std::min(kSumBlock, D - k0);
     acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t k = 0; k < D; ++k) s += xr[k] * xr[k];
-    out[r] = s;
+    for (int64_t k = 0; k < n; ++k) s += x[k0 + k] * y[k0 + k];
+    total.add(s);
   }
+  return total.total();
+}
+
+template <typename acc_t>
+void row_squared_norms(const acc_t* x, int64_t rows, int64_t D, acc_t* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = dot(x + r * D, x + r * D, D);
 }
 
 // One row of dot products -> selection keys, in place.
@@ -314,18 +324,15 @@ void mine_kernel(const at::Tensor& a, const int64_t* la, const at::Tensor& b, co
 // with itself (the anchor as its own hardest positive).
 template <typename acc_t>
 FGREID_CPU_CLONES acc_t squared_difference(const acc_t* x, const acc_t* y, int64_t D) {
-  acc_t s = 0;
+  CascadeSum<acc_t> total;
+  for (int64_t k0 = 0; k0 < D; k0 += kSumBlock) {
+    const int64_t n = std::min(kSumBlock, D - k0);
+    acc_t s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < D; ++k) s += (x[k] - y[k]) * (x[k] - y[k]);
-  return s;
-}
-
-template <typename acc_t>
-FGREID_CPU_CLONES acc_t dot(const acc_t* x, const acc_t* y, int64_t D) {
-  acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < D; ++k) s += x[k] * y[k];
-  return s;
+    for (int64_t k = 0; k < n; ++k) s += (x[k0 + k] - y[k0 + k]) * (x[k0 + k] - y[k0 + k]);
+    total.add(s);
+  }
+  return total.total();
 }
 
 // A pair whose search key |a|^2 + |b|^2 - 2 a.b is NaN (an inf or NaN entry, or an overflow) was

@@ -389,6 +389,8 @@ void evaluate_count_cpu(const at::Tensor& dist, const at::Tensor& q_pids, const 
                         const at::Tensor& match_dist, std::optional<int64_t> junk_pid,
                         const at::Tensor& counts) {
   const char* op = "evaluate_count";
+  check_defined(op, {{"dist", &dist}, {"q_pids", &q_pids}, {"g_pids", &g_pids}, {"match_offsets", &offsets},
+                     {"match_index", &index}, {"match_dist", &match_dist}, {"counts", &counts}});
   check_distance_block(op, "dist", dist);
   check_id_vector(op, "q_pids", q_pids, dist.size(0), "Q");
   check_id_vector(op, "g_pids", g_pids, dist.size(1), "G");
@@ -409,6 +411,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> evaluate_finalize_cpu(const at::T
                                                                      const at::Tensor& index,
                                                                      const at::Tensor& match_dist,
                                                                      const at::Tensor& counts) {
+  check_defined("evaluate_finalize", {{"match_offsets", &offsets}, {"match_index", &index}, {"match_dist", &match_dist},
+                                      {"counts", &counts}});
   TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 2,
                     "fgreid_ops.evaluate_finalize: expected match_offsets of shape [num_query + 1] "
                     "with num_query >= 1, got ", offsets.sizes());

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string_view>
 #include <vector>
 
@@ -100,6 +101,50 @@ void axpy(acc_t alpha, const acc_t* x, acc_t* y, int64_t n) {
   for (int64_t k = 0; k < n; ++k) y[k] += alpha * x[k];
 }
 
+// The y-adjoint's sums out[i, :] = sum over the rows y that read source row i (in y order) of
+// w(y) t[y, :], fed a tile of rows at a time: each out row sums at most kSumBlock rows in place,
+// then that block moves into a pairwise sum (only where the upsampling factor passes kSumBlock).
+template <typename acc_t>
+class ColumnAdjointSums {
+ public:
+  ColumnAdjointSums(int64_t h, int64_t len) : len_(len), rows_in_block_(h, 0), blocks_(h) {}
+
+  // Starts the sums into out (h x len, zeroed by the caller).
+  void start(acc_t* out) {
+    out_ = out;
+    std::fill(rows_in_block_.begin(), rows_in_block_.end(), 0);
+  }
+
+  void add(acc_t weight, const acc_t* row, int64_t i) {
+    acc_t* dst = out_ + i * len_;
+    if (rows_in_block_[i] == kSumBlock) {
+      if (!blocks_[i]) blocks_[i] = std::make_unique<CascadeSums<acc_t>>(len_);
+      blocks_[i]->add(dst);
+      std::fill(dst, dst + len_, acc_t(0));
+      rows_in_block_[i] = 0;
+    }
+    axpy(weight, row, dst, len_);
+    ++rows_in_block_[i];
+  }
+
+  // Writes the totals of the rows that took more than one block.
+  void finish() {
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      if (!blocks_[i]) continue;
+      acc_t* dst = out_ + static_cast<int64_t>(i) * len_;
+      blocks_[i]->add(dst);
+      for (int64_t k = 0; k < len_; ++k) dst[k] = blocks_[i]->total(k);
+      blocks_[i].reset();
+    }
+  }
+
+ private:
+  int64_t len_;
+  acc_t* out_ = nullptr;
+  std::vector<int64_t> rows_in_block_;
+  std::vector<std::unique_ptr<CascadeSums<acc_t>>> blocks_;
+};
+
 template <typename acc_t>
 struct Resize {
   int64_t h, w, H, W, tile_rows;
@@ -173,19 +218,19 @@ struct Resize {
   // Adjoint of the x-resize for one row: t[j] = sum_x [i(x) = j] w(x) g[x], x in order.
   void row_adjoint(const acc_t* g, acc_t* t) const {
     for (int64_t j = 0; j < w; ++j) {
-      acc_t sum = 0;
-      for (int64_t k = tap_start[j]; k < tap_start[j + 1]; ++k) sum += tap_w[k] * g[tap_x[k]];
-      t[j] = sum;
+      BlockedSum<acc_t> sum;
+      for (int64_t k = tap_start[j]; k < tap_start[j + 1]; ++k) sum.add(tap_w[k] * g[tap_x[k]]);
+      t[j] = sum.total();
     }
   }
 
   // Adjoint of the y-resize for rows [y0, y1) of rows of length `len` (t holds row y at
   // (y - y0) * len): out[i, :] += sum_y [i(y) = i] w(y) t[y, :], y in order.
-  void col_adjoint_rows(const acc_t* t, int64_t y0, int64_t y1, int64_t len, acc_t* out) const {
+  void col_adjoint_rows(const acc_t* t, int64_t y0, int64_t y1, int64_t len, ColumnAdjointSums<acc_t>& out) const {
     for (int64_t y = y0; y < y1; ++y) {
       const acc_t* row = t + (y - y0) * len;
-      axpy(ys.w0[y], row, out + ys.i0[y] * len, len);
-      if (linear) axpy(ys.w1[y], row, out + ys.i1[y] * len, len);
+      out.add(ys.w0[y], row, ys.i0[y]);
+      if (linear) out.add(ys.w1[y], row, ys.i1[y]);
     }
   }
 };
@@ -313,23 +358,31 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   const int64_t tile_cap = std::min(HW, rs.tile_rows * W);
 
   // The channels [c0, c1) of batch n over rows [y0, y1), all sharing the mask tile `m`: writes
-  // grad_feat there and returns G (summed over those channels, in order) in `g_sum`.
-  // `buf` holds a gathered tile of grad_out when its planes are neither dense nor constant.
+  // grad_feat there and returns G (summed over those channels, in order, in blocks of kSumBlock
+  // channels combined pairwise in `channel_blocks`) in `g_sum`. `buf` holds a gathered tile of
+  // grad_out when its planes are neither dense nor constant.
   const auto tile_pass = [&](int64_t n, int64_t c0, int64_t c1, int64_t y0, int64_t y1, const acc_t* m,
-                             acc_t* g_sum, scalar_t* buf) {
+                             acc_t* g_sum, scalar_t* buf, CascadeSums<acc_t>& channel_blocks) {
     const int64_t len = (y1 - y0) * W;
     for (int64_t c = c0; c < c1; ++c) {
+      const bool first = (c - c0) % kSumBlock == 0;
+      if (gmd && first && c > c0) channel_blocks.add(g_sum);
       const int64_t offset = (n * C + c) * HW + y0 * W;
       if (constant) {
         const acc_t v = static_cast<acc_t>(*planes.plane(n, c));
         const acc_t coef = pool ? v * inv_hw : v;
         if (gfd) scale_tile(coef, m, gfd + offset, len);
-        if (gmd) axpy_tile(coef, fd + offset, g_sum, len, c == c0);
+        if (gmd) axpy_tile(coef, fd + offset, g_sum, len, first);
       } else {
         const scalar_t* g = planes.rows(n, c, y0, y1, buf);
         if (gfd) mul_tile(g, m, gfd + offset, len);
-        if (gmd) mul_acc_tile(g, fd + offset, g_sum, len, c == c0);
+        if (gmd) mul_acc_tile(g, fd + offset, g_sum, len, first);
       }
+    }
+    if (gmd && c1 - c0 > kSumBlock) {
+      channel_blocks.add(g_sum);
+      for (int64_t k = 0; k < len; ++k) g_sum[k] = channel_blocks.total(k);
+      channel_blocks.reset();
     }
   };
 
@@ -341,6 +394,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     at::parallel_for(0, N * tiles, grain(C * tile_cap), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0);
       std::vector<scalar_t> buf(gather ? tile_cap : 0);
+      CascadeSums<acc_t> channel_blocks(gmd && C > kSumBlock ? tile_cap : 0);
       int64_t hz_n = -1;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / tiles, y0 = (task % tiles) * rs.tile_rows, y1 = std::min(H, y0 + rs.tile_rows);
@@ -348,7 +402,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
           if (hz_n != n) rs.resize_rows(md + n * h * w, hz.data()), hz_n = n;
           rs.fill_tile(md + n * h * w, 0, hz.data(), y0, y1, tile.data());
         }
-        tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data(), buf.data());
+        tile_pass(n, 0, C, y0, y1, tile.data(), g_sum.data(), buf.data(), channel_blocks);
         if (gmd) {
           for (int64_t y = y0; y < y1; ++y) rs.row_adjoint(g_sum.data() + (y - y0) * W, td + (n * H + y) * w);
         }
@@ -356,9 +410,12 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     });
     if (gmd) {
       at::parallel_for(0, N, grain(2 * H * w), [&](int64_t begin, int64_t end) {
+        ColumnAdjointSums<acc_t> sums(h, w);
         for (int64_t n = begin; n < end; ++n) {
           std::fill(gmd + n * h * w, gmd + (n + 1) * h * w, acc_t(0));
-          rs.col_adjoint_rows(td + n * H * w, 0, H, w, gmd + n * h * w);
+          sums.start(gmd + n * h * w);
+          rs.col_adjoint_rows(td + n * H * w, 0, H, w, sums);
+          sums.finish();
         }
       });
     }
@@ -370,17 +427,21 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
         u(gmd ? h * W : 0);
     std::vector<scalar_t> buf(gather ? tile_cap : 0);
+    CascadeSums<acc_t> unused(0);  // one channel per plane: no channel blocks
+    ColumnAdjointSums<acc_t> sums(gmd ? h : 0, W);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t n = plane / C, c = plane % C;
       if (gfd) rs.resize_rows(md + plane * h * w, hz.data());
       std::fill(u.begin(), u.end(), acc_t(0));
+      sums.start(u.data());
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows);
         if (gfd) rs.fill_tile(md + plane * h * w, c, hz.data(), y0, y1, tile.data());
-        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data(), buf.data());
-        if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, u.data());
+        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data(), buf.data(), unused);
+        if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, sums);
       }
       if (gmd) {
+        sums.finish();
         for (int64_t i = 0; i < h; ++i) rs.row_adjoint(u.data() + i * W, gmd + plane * h * w + i * w);
       }
     }

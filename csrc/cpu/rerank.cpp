@@ -59,6 +59,7 @@ float dot(const float* a, const float* b, int64_t n) {
 }
 
 void check_feats(const char* op, const at::Tensor& feats, const at::Tensor& sqnorms) {
+  check_defined(op, {{"feats", &feats}, {"sqnorms", &sqnorms}});
   check_dim(op, "feats", feats, 2, "(N, D)");
   TORCH_CHECK_TYPE(feats.scalar_type() == at::kFloat, "fgreid_ops.", op,
                    ": expected feats to be float32, got ", feats.scalar_type());
@@ -222,6 +223,7 @@ rerank_neighbours_cpu(const at::Tensor& feats, const at::Tensor& sqnorms, const 
                       const at::Tensor& row_max, int64_t k1, int64_t k2) {
   const char* op = "rerank_neighbours";
   check_feats(op, feats, sqnorms);
+  check_defined(op, {{"knn_index", &knn_index}, {"row_max", &row_max}});
   const int64_t N = feats.size(0), D = feats.size(1);
   TORCH_CHECK_VALUE(k1 >= 1, "fgreid_ops.", op, ": expected k1 >= 1, got ", k1);
   TORCH_CHECK_VALUE(k2 >= 1, "fgreid_ops.", op, ": expected k2 >= 1, got ", k2);
@@ -318,6 +320,9 @@ void rerank_blend_cpu(const at::Tensor& gram, const at::Tensor& row_sq, const at
                       const at::Tensor& inv_values, int64_t row_start, int64_t col_start,
                       double lambda_value) {
   const char* op = "rerank_blend_";
+  check_defined(op, {{"gram", &gram}, {"row_sq", &row_sq}, {"col_sq", &col_sq}, {"row_max", &row_max},
+                     {"v_offsets", &v_offsets}, {"v_columns", &v_columns}, {"v_values", &v_values},
+                     {"inv_offsets", &inv_offsets}, {"inv_rows", &inv_rows}, {"inv_values", &inv_values}});
   check_dim(op, "gram", gram, 2, "(rows, cols)");
   TORCH_CHECK_TYPE(gram.scalar_type() == at::kFloat, "fgreid_ops.", op,
                    ": expected gram to be float32, got ", gram.scalar_type());

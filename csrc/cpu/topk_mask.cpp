@@ -87,6 +87,19 @@ FGREID_CPU_CLONES acc_t sum_channels(const scalar_t* x, int64_t C) {
   return total.total();
 }
 
+// p[0, :] = sum_j p[j, :] over `chunks` rows of length HW, added pairwise in a fixed tree.
+template <typename acc_t>
+void add_rows_pairwise(acc_t* p, int64_t chunks, int64_t HW) {
+  for (int64_t s = 1; s < chunks; s *= 2) {
+    for (int64_t j = 0; j + s < chunks; j += 2 * s) {
+      acc_t* dst = p + j * HW;
+      const acc_t* src = p + (j + s) * HW;
+#pragma omp simd
+      for (int64_t i = 0; i < HW; ++i) dst[i] += src[i];
+    }
+  }
+}
+
 // attention[n, hw] = sum_c f1[n, c, hw].
 template <typename scalar_t, typename acc_t>
 void channel_sum(const at::Tensor& f1, acc_t* attention) {
@@ -121,36 +134,31 @@ void channel_sum(const at::Tensor& f1, acc_t* attention) {
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       acc_t* p = partial.get() + n * chunks * HW;
-      for (int64_t s = 1; s < chunks; s *= 2) {
-        for (int64_t j = 0; j + s < chunks; j += 2 * s) {
-          acc_t* dst = p + j * HW;
-          const acc_t* src = p + (j + s) * HW;
-#pragma omp simd
-          for (int64_t i = 0; i < HW; ++i) dst[i] += src[i];
-        }
-      }
+      add_rows_pairwise(p, chunks, HW);
       std::copy(p, p + HW, attention + n * HW);
     }
   });
 }
 
 // a[hw] = sum_c x[c, hw] for one sample ([C, HW], or [HW, C] when channels_last), with the
-// chunks and the order of channel_sum, so that both variants of the op pick the same positions.
+// chunks and the pairwise order of channel_sum, so that both variants of the op pick the same
+// positions. `partial` holds one row of HW per chunk of kChannelChunk channels.
 template <typename scalar_t, typename acc_t>
 void sample_channel_sum(const scalar_t* x, int64_t C, int64_t HW, bool channels_last, acc_t* a, acc_t* partial) {
   if (channels_last) {
     for (int64_t pos = 0; pos < HW; ++pos) a[pos] = sum_channels<scalar_t, acc_t>(x + pos * C, C);
     return;
   }
-  for (int64_t c0 = 0; c0 < C; c0 += kChannelChunk) {
-    acc_t* p = c0 == 0 ? a : partial;
-    std::fill(p, p + HW, acc_t(0));
-    add_rows(x + c0 * HW, std::min(kChannelChunk, C - c0), HW, p);
-    if (c0 > 0) {
-#pragma omp simd
-      for (int64_t i = 0; i < HW; ++i) a[i] += p[i];
-    }
+  const int64_t chunks = (C + kChannelChunk - 1) / kChannelChunk;
+  acc_t* p = chunks == 1 ? a : partial;
+  for (int64_t j = 0; j < chunks; ++j) {
+    const int64_t c0 = j * kChannelChunk;
+    std::fill(p + j * HW, p + (j + 1) * HW, acc_t(0));
+    add_rows(x + c0 * HW, std::min(kChannelChunk, C - c0), HW, p + j * HW);
   }
+  if (chunks == 1) return;
+  add_rows_pairwise(p, chunks, HW);
+  std::copy(p, p + HW, a);
 }
 
 // mask[i] = 0 at the k positions of largest a[i] (ties: lower i), 1 elsewhere; 0 < k < HW.
@@ -382,7 +390,8 @@ void pooled_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::T
   scalar_t* od = pooled.mutable_data_ptr<scalar_t>();
   const acc_t hw = static_cast<acc_t>(HW);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> a(select ? HW : 0), partial(select && !f1_last ? HW : 0), mf(HW);
+    std::vector<acc_t> a(select ? HW : 0), partial(select && !f1_last ? (C + kChannelChunk - 1) / kChannelChunk * HW : 0),
+        mf(HW);
     std::vector<acc_t> sums(f2_last ? C : 0), part(f2_last ? C : 0);
     for (int64_t n = begin; n < end; ++n) {
       scalar_t* m = md + n * HW;

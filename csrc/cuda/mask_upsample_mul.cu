@@ -156,16 +156,16 @@ __global__ void channel_chunk_sum_kernel(const scalar_t* __restrict__ grad, bool
   }
 }
 
-// G[n, p] = sum_s partial[n, s, p], s in order.
+// G[n, p] = sum_s partial[n, s, p], s in order (in blocks combined pairwise: C may be long).
 template <typename acc_t>
 __global__ void chunk_reduce_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ G, int64_t chunks,
                                     int64_t HW, int64_t total) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t n = t / HW, p = t % HW;
-    acc_t sum = 0;
-    for (int64_t s = 0; s < chunks; ++s) sum += partial[(n * chunks + s) * HW + p];
-    G[t] = sum;
+    BlockedSum<acc_t> sum;
+    for (int64_t s = 0; s < chunks; ++s) sum.add(partial[(n * chunks + s) * HW + p]);
+    G[t] = sum.total();
   }
 }
 
@@ -186,10 +186,11 @@ __global__ void grad_mask_kernel(const acc_t* __restrict__ shared_G, const scala
     reading_range(g, true, i, y0, y1);
     reading_range(g, false, j, x0, x1);
     const acc_t* mplane = mask + plane * g.h * g.w;
-    acc_t sum = 0;
+    // Blocked sums: one mask cell may gather from a long row or column of feat cells.
+    BlockedSum<acc_t> sum;
     for (int64_t y = y0; y < y1; ++y) {
       const LinearTap<acc_t> ty = tap(g, true, y);
-      acc_t row_sum = 0;
+      BlockedSum<acc_t> row_sum;
       for (int64_t x = x0; x < x1; ++x) {
         const LinearTap<acc_t> tx = tap(g, false, x);
         const int64_t p = y * g.W + x;
@@ -203,11 +204,11 @@ __global__ void grad_mask_kernel(const acc_t* __restrict__ shared_G, const scala
             grad_feat[plane * HW + p] = static_cast<scalar_t>(v * up_value(mplane, g, y, x));
           }
         }
-        row_sum += weight_of(tx, j) * value;
+        row_sum.add(weight_of(tx, j) * value);
       }
-      sum += weight_of(ty, i) * row_sum;
+      sum.add(weight_of(ty, i) * row_sum.total());
     }
-    grad_mask[t] = sum;
+    grad_mask[t] = sum.total();
   }
 }
 

@@ -264,9 +264,8 @@ __global__ void masked_mean_nchw_kernel(const scalar_t* __restrict__ x, const sc
   const int lane = threadIdx.x % kWarpSize;
   const scalar_t* xr = x + row * HW;
   const scalar_t* m = mask + (row / C) * HW;
-  acc_t sum = 0;
-  for (int64_t i = lane; i < HW; i += kWarpSize) sum += static_cast<acc_t>(xr[i]) * static_cast<acc_t>(m[i]);
-  sum = warp_sum(sum);
+  const acc_t sum = warp_sum(lane_sum<acc_t>(
+      HW, lane, [&](int64_t i) { return static_cast<acc_t>(xr[i]) * static_cast<acc_t>(m[i]); }));
   if (lane == 0) out[row] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
 }
 
@@ -280,9 +279,9 @@ __global__ void masked_mean_nhwc_kernel(const scalar_t* __restrict__ x, const sc
   const int64_t n = row / C, c = row % C;
   const scalar_t* xn = x + n * HW * C + c;
   const scalar_t* m = mask + n * HW;
-  acc_t sum = 0;
-  for (int64_t i = 0; i < HW; ++i) sum += static_cast<acc_t>(xn[i * C]) * static_cast<acc_t>(m[i]);
-  out[row] = static_cast<scalar_t>(sum / static_cast<acc_t>(HW));
+  BlockedSum<acc_t> sum;  // HW may be long
+  for (int64_t i = 0; i < HW; ++i) sum.add(static_cast<acc_t>(xn[i * C]) * static_cast<acc_t>(m[i]));
+  out[row] = static_cast<scalar_t>(sum.total() / static_cast<acc_t>(HW));
 }
 
 // grad_f2[n, c, hw] = (g[n, c] / HW, rounded to the dtype as autograd's mean backward) * mask[n, hw].

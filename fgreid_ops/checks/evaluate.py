@@ -84,6 +84,7 @@ def check_lists(op, offsets, index, match_dist, counts, n):
         raise ValueError(f"fgreid_ops.{op}: expected match_index to be 1-D, got {index.dim()}-D")
     nnz = index.shape[0]
     check_ids(op, "match_index", index, nnz, "nnz", "match_offsets", offsets, True)
+    checks.check_tensor(op, "match_dist", match_dist)
     checks.check_float_dtype(op, "match_dist", match_dist)
     if match_dist.dim() != 1 or match_dist.shape[0] != nnz:
         raise ValueError(f"fgreid_ops.{op}: expected match_dist of shape [nnz]=[{nnz}], got {list(match_dist.shape)}")

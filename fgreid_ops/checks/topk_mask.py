@@ -49,6 +49,8 @@ def check_inputs(f1, f2, k, pool=False):
 
 def check_backward_inputs(grad_out, mask, pool=False):
     """grad_out is [N, C, H, W], or [N, C] (the gradient of the pooled output) with pool."""
+    checks.check_tensor("topk_mask_backward", "grad_out", grad_out)
+    checks.check_tensor("topk_mask_backward", "mask", mask)
     if pool:
         checks.check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)")
     else:

@@ -3,7 +3,7 @@
 import torch
 
 from .. import _backend, _registry
-from ..checks.off import check_backward_grad, check_pair, check_segment, check_stride
+from ..checks.off import check_backward_grad, check_pair, check_segment, check_segment_backward_grad, check_stride
 from ..reference.off import off_reference
 
 
@@ -61,6 +61,7 @@ def _fake_off_segment(x, stride):
 
 
 def _fake_off_segment_backward(grad_out, stride):
+    check_segment_backward_grad(grad_out, stride)
     N, pairs, C3, H, W = grad_out.shape
     return grad_out.new_empty((N, pairs + stride, C3 // 3, H, W))
 

@@ -15,6 +15,15 @@ def acc_dtype(dtype: torch.dtype):
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+@triton.jit
+def kahan_add(acc, comp, term):
+    """acc + term with the rounding error carried in comp (Kahan summation), elementwise. Once the
+    sum is inf or NaN it carries no error (inf - inf would turn an infinite sum into NaN)."""
+    y = term - comp
+    total = acc + y
+    return total, tl.where(total - total == 0, (total - acc) - y, 0.0)
+
+
 def grid(*sizes_and_blocks):
     """A launch grid from (size, block) pairs: ``grid((R, BLOCK_R), (HW, BLOCK_HW))``."""
     return tuple(triton.cdiv(size, block) for size, block in sizes_and_blocks)

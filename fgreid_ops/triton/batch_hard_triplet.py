@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .._checks import check_index_range
 from ..checks.batch_hard_triplet import check_mine_backward_inputs, check_mine_inputs
-from ._utils import acc_dtype, grid, launcher
+from ._utils import acc_dtype, grid, kahan_add, launcher
 
 
 @triton.jit
@@ -172,16 +172,19 @@ def _pair_distance_kernel(
     row_ok = rows < B
     idx = tl.load(idx_ptr + rows, mask=row_ok, other=-1)
     ok = row_ok & (idx >= 0)
+    # each lane's running sum over D / BLOCK_D terms is Kahan-compensated (a long D would
+    # otherwise saturate it)
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
+    comp = tl.zeros([BLOCK_B, BLOCK_D], dtype=ACC)
     for k0 in range(0, D, BLOCK_D):
         ks = k0 + tl.arange(0, BLOCK_D)
         mask = ok[:, None] & (ks < D)[None, :]
         a = tl.load(a_ptr + rows[:, None] * stride_ab + ks[None, :] * stride_ad, mask=mask, other=0.0).to(ACC)
         b = tl.load(b_ptr + idx[:, None] * stride_bb + ks[None, :] * stride_bd, mask=mask, other=0.0).to(ACC)
         if COSINE:
-            acc += a * b
+            acc, comp = kahan_add(acc, comp, a * b)
         else:
-            acc += (a - b) * (a - b)
+            acc, comp = kahan_add(acc, comp, (a - b) * (a - b))
     s = tl.sum(acc, axis=1)
     if COSINE:
         d = 1.0 - s

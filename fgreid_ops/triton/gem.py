@@ -11,16 +11,7 @@ import triton.language as tl
 
 from .._checks import is_channels_last
 from ..checks.gem import check_backward_inputs, check_inputs
-from ._utils import acc_dtype, grid, launcher
-
-
-@triton.jit
-def _kahan_add(acc, comp, term):
-    """acc + term with the rounding error carried in comp (Kahan summation), elementwise. Once the
-    sum is inf or NaN it carries no error (inf - inf would turn an infinite sum into NaN)."""
-    y = term - comp
-    total = acc + y
-    return total, tl.where(total - total == 0, (total - acc) - y, 0.0)
+from ._utils import acc_dtype, grid, kahan_add, launcher
 
 
 @triton.jit
@@ -42,7 +33,7 @@ def _gem_fwd_kernel(
         mask = row_mask[:, None] & (i < HW)[None, :]
         v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
         v = tl.where(v < eps, eps, v)  # keeps NaN, unlike tl.maximum
-        acc, comp = _kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
+        acc, comp = kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
     mean = tl.where(row_mask, tl.sum(acc, axis=1) / HW, 1.0)
     out = tl.exp(tl.log(mean) / p)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
@@ -73,7 +64,7 @@ def _gem_bwd_kernel(
         offsets = row_offset[:, None] + ((i // W) * stride_h + (i % W) * stride_w)[None, :]
         v = tl.load(x_ptr + offsets, mask=mask, other=1.0).to(ACC)
         v = tl.where(v < eps, eps, v)
-        acc, comp = _kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
+        acc, comp = kahan_add(acc, comp, tl.where(mask, tl.exp(p[:, None] * tl.log(v)), 0.0))
     s = tl.where(row_mask, tl.sum(acc, axis=1), 1.0)
     log_m = tl.log(s / HW)
     # grad_out read through its strides (the expand of a .sum() has stride 0)
@@ -98,7 +89,7 @@ def _gem_bwd_kernel(
             mask=mask,
         )
         if NEED_GRAD_P:
-            acc, comp = _kahan_add(acc, comp, tl.where(mask, t * log_v, 0.0))
+            acc, comp = kahan_add(acc, comp, tl.where(mask, t * log_v, 0.0))
     if NEED_GRAD_P:
         grad_p = g_y * (-log_m / (p * p) + tl.sum(acc, axis=1) / (p * s))
         tl.store(grad_p_ptr + rows, grad_p, mask=row_mask)

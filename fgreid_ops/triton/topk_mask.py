@@ -13,7 +13,7 @@ import triton.language as tl
 
 from .._checks import is_channels_last
 from ..checks.topk_mask import check_backward_inputs, check_inputs
-from ._utils import acc_dtype, grid, launcher
+from ._utils import acc_dtype, grid, kahan_add, launcher
 
 # Channels per partial sum: fixed, so the attention map does not depend on the launch.
 CHANNEL_CHUNK = 128
@@ -45,10 +45,11 @@ def _topk_mask_sum_kernel(
 
 @triton.jit
 def _attention(partial_ptr, n, hw, valid, HW, CHUNKS):
-    """A[n, hw] = sum of the chunk partials, added in chunk order."""
+    """A[n, hw] = sum of the chunk partials, added in chunk order (Kahan-compensated: C may be long)."""
     a = tl.load(partial_ptr + n * CHUNKS * HW + hw, mask=valid, other=0.0)
+    comp = tl.zeros_like(a)
     for j in range(1, CHUNKS):
-        a += tl.load(partial_ptr + (n * CHUNKS + j) * HW + hw, mask=valid, other=0.0)
+        a, comp = kahan_add(a, comp, tl.load(partial_ptr + (n * CHUNKS + j) * HW + hw, mask=valid, other=0.0))
     return a
 
 
@@ -113,13 +114,14 @@ def _topk_mask_pool_kernel(
     c = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_valid = c < C
     acc = tl.zeros([BLOCK_C], dtype=ACC)
+    comp = tl.zeros([BLOCK_C], dtype=ACC)  # Kahan: HW / BLOCK_HW block sums may be many
     for start in range(0, HW, BLOCK_HW):
         hw = start + tl.arange(0, BLOCK_HW).to(tl.int64)
         hw_valid = hw < HW
         offsets = n * stride_n + c[:, None] * stride_c + ((hw // W) * stride_h + (hw % W) * stride_w)[None, :]
         x = tl.load(x_ptr + offsets, mask=c_valid[:, None] & hw_valid[None, :], other=0.0).to(ACC)
         m = tl.load(mask_ptr + n * HW + hw, mask=hw_valid, other=0.0).to(ACC)
-        acc += tl.sum(x * m[None, :], axis=1)
+        acc, comp = kahan_add(acc, comp, tl.sum(x * m[None, :], axis=1))
     tl.store(out_ptr + n * C + c, (acc / HW).to(out_ptr.dtype.element_ty), mask=c_valid)
 
 

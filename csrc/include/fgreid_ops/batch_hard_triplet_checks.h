@@ -39,6 +39,7 @@ inline TripletDistance check_batch_hard_triplet_inputs(const at::Tensor& emb,
                                                        const at::Tensor& ref_labels,
                                                        c10::string_view distance) {
   constexpr const char* op = "batch_hard_triplet";
+  check_defined(op, {{"emb", &emb}, {"labels", &labels}, {"ref_emb", &ref_emb}, {"ref_labels", &ref_labels}});
   check_dim(op, "emb", emb, 2, "(B, D)");
   check_float_dtype(op, "emb", emb);
   check_nonempty_batch(op, "emb", emb);
@@ -63,6 +64,8 @@ inline void check_batch_hard_triplet_backward_inputs(const at::Tensor& grad_d_ap
                                                      const at::Tensor& idx_p, const at::Tensor& idx_n,
                                                      const at::Tensor& d_ap, const at::Tensor& d_an) {
   constexpr const char* op = "batch_hard_triplet";
+  check_defined(op, {{"grad_d_ap", &grad_d_ap}, {"grad_d_an", &grad_d_an}, {"emb", &emb}, {"ref_emb", &ref_emb},
+                     {"idx_p", &idx_p}, {"idx_n", &idx_n}, {"d_ap", &d_ap}, {"d_an", &d_an}});
   check_dim(op, "emb", emb, 2, "(B, D)");
   check_float_dtype(op, "emb", emb);
   check_dim(op, "ref_emb", ref_emb, 2, "(M, D)");

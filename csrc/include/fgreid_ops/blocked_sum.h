@@ -45,6 +45,36 @@ class CascadeSum {
   uint64_t count_ = 0;
 };
 
+// A running sum that restarts every kSumBlock terms, the blocks combined pairwise: for loops
+// that add one term at a time (gathers, one GPU thread's loop). Up to kSumBlock terms it is the
+// plain running sum, bit for bit.
+template <typename acc_t>
+class BlockedSum {
+ public:
+  FGREID_HOST_DEVICE void add(acc_t v) {
+    block_ += v;
+    if (++count_ == kSumBlock) {
+      blocks_.add(block_);
+      block_ = 0;
+      count_ = 0;
+      long_ = true;
+    }
+  }
+
+  FGREID_HOST_DEVICE acc_t total() const {
+    if (!long_) return block_;
+    CascadeSum<acc_t> all = blocks_;
+    if (count_ > 0) all.add(block_);
+    return all.total();
+  }
+
+ private:
+  acc_t block_ = 0;
+  int64_t count_ = 0;
+  bool long_ = false;
+  CascadeSum<acc_t> blocks_;
+};
+
 // One pairwise sum per channel, fed one block's partial sums of all channels at a time.
 template <typename acc_t>
 class CascadeSums {

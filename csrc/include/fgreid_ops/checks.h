@@ -13,6 +13,19 @@
 
 namespace fgreid_ops {
 
+// The largest tensor any device addresses: 2^48 bytes (256 TiB), the virtual address width of
+// x86-64 and AArch64 and of CUDA's unified address space. For outputs whose size an int argument
+// sets: past it the allocator would fail with a message that names no argument.
+constexpr int64_t kMaxTensorBytes = int64_t{1} << 48;
+
+// A None passed to a torch.ops call arrives as an undefined tensor, whose sizes and dtype are
+// meaningless: every kernel rejects it, naming the argument, before reading anything else.
+inline void check_defined(const char* op, std::initializer_list<std::pair<const char*, const at::Tensor*>> ts) {
+  for (const auto& [arg, t] : ts) {
+    TORCH_CHECK_TYPE(t->defined(), "fgreid_ops.", op, ": expected ", arg, " to be a torch.Tensor, got None");
+  }
+}
+
 inline void check_float_dtype(const char* op, const char* arg, const at::Tensor& t) {
   const auto dt = t.scalar_type();
   TORCH_CHECK_TYPE(

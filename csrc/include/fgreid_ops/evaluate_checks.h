@@ -38,6 +38,8 @@ inline void check_distance_block(const char* op, const char* arg, const at::Tens
 inline void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q_pids,
                                   const at::Tensor& g_pids, const at::Tensor& q_camids,
                                   const at::Tensor& g_camids) {
+  check_defined("evaluate", {{"distmat", &distmat}, {"q_pids", &q_pids}, {"g_pids", &g_pids}, {"q_camids", &q_camids},
+                             {"g_camids", &g_camids}});
   check_distance_block("evaluate", "distmat", distmat);
   const int64_t Q = distmat.size(0), G = distmat.size(1);
   check_id_vector("evaluate", "q_pids", q_pids, Q, "Q");
@@ -53,6 +55,7 @@ inline void check_evaluate_inputs(const at::Tensor& distmat, const at::Tensor& q
 inline void check_matches_inputs(const at::Tensor& q_pids, const at::Tensor& g_pids,
                                  const at::Tensor& q_camids, const at::Tensor& g_camids) {
   const char* op = "evaluate_matches";
+  check_defined(op, {{"q_pids", &q_pids}, {"g_pids", &g_pids}, {"q_camids", &q_camids}, {"g_camids", &g_camids}});
   TORCH_CHECK_VALUE(q_pids.dim() == 1 && q_pids.size(0) > 0, "fgreid_ops.", op,
                     ": expected q_pids to be a non-empty 1-D tensor, got shape ", q_pids.sizes());
   TORCH_CHECK_VALUE(g_pids.dim() == 1 && g_pids.size(0) > 0, "fgreid_ops.", op,

@@ -11,6 +11,7 @@ namespace fgreid_ops {
 
 inline void check_gem_inputs(const at::Tensor& x, const at::Tensor& p, double eps) {
   constexpr const char* op = "gem";
+  check_defined(op, {{"x", &x}, {"p", &p}});
   check_dim(op, "x", x, 4, "(N, C, H, W)");
   check_float_dtype(op, "x", x);
   check_float_dtype(op, "p", p);
@@ -57,6 +58,7 @@ inline GemBackward prepare_gem_backward(const at::Tensor& grad_out, const at::Te
                                         const at::Tensor& p, double eps, bool need_grad_p,
                                         bool reads_channels_last, bool reads_grad_strides = false) {
   constexpr const char* op = "gem";  // backward messages name the public op, as the fakes do
+  check_defined(op, {{"grad_out", &grad_out}});
   check_gem_inputs(x_in, p, eps);
   check_float_dtype(op, "grad_out", grad_out);
   check_same_device(op, "grad_out", grad_out, "x", x_in);

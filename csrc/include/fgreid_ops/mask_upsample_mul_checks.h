@@ -23,6 +23,7 @@ inline UpsampleMode parse_upsample_mode(std::string_view mode) {
 
 inline void check_mask_upsample_mul_inputs(const at::Tensor& feat, const at::Tensor& mask) {
   constexpr const char* op = "mask_upsample_mul";
+  check_defined(op, {{"feat", &feat}, {"mask", &mask}});
   check_dim(op, "feat", feat, 4, "(N, C, H, W)");
   check_dim(op, "mask", mask, 4, "(N, 1 or C, h, w)");
   check_float_dtype(op, "feat", feat);
@@ -74,6 +75,7 @@ inline MaskUpsampleMulBackward prepare_mask_upsample_mul_backward(const at::Tens
                                                                   const at::Tensor& mask, std::string_view mode,
                                                                   bool pool, bool need_grad_feat, bool need_grad_mask,
                                                                   bool reads_grad_strides = false) {
+  check_defined("mask_upsample_mul", {{"grad_out", &grad_out}});
   check_mask_upsample_mul_inputs(feat, mask);
   check_mask_upsample_mul_grad(grad_out, feat, pool);
   MaskUpsampleMulBackward b;

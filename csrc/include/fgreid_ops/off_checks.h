@@ -15,7 +15,6 @@
 
 #include <array>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "fgreid_ops/checks.h"
@@ -23,6 +22,7 @@
 namespace fgreid_ops {
 
 inline void check_off_tensor(const char* arg, const at::Tensor& t) {
+  check_defined("off", {{arg, &t}});
   TORCH_CHECK_VALUE(t.dim() >= 3, "fgreid_ops.off: expected ", arg,
                     " to be at least 3-D (..., C, H, W), got ", t.dim(), "-D");
   check_float_dtype("off", arg, t);
@@ -30,6 +30,7 @@ inline void check_off_tensor(const char* arg, const at::Tensor& t) {
 }
 
 inline void check_off_inputs(const at::Tensor& a, const at::Tensor& b) {
+  check_defined("off", {{"a", &a}, {"b", &b}});
   check_off_tensor("a", a);
   check_float_dtype("off", "b", b);
   check_same_device("off", "b", b, "a", a);
@@ -44,6 +45,7 @@ inline void check_off_stride(int64_t T, int64_t stride) {
 }
 
 inline void check_off_segment_input(const at::Tensor& x, int64_t stride) {
+  check_defined("off", {{"x", &x}});
   check_dim("off", "x", x, 5, "(N, T, C, H, W)");
   check_float_dtype("off", "x", x);
   check_nonempty("off", "x", x);
@@ -58,17 +60,20 @@ inline void check_off_grad(const at::Tensor& grad_out) {
 }
 
 inline void check_off_segment_grad(const at::Tensor& grad_out, int64_t stride) {
+  check_defined("off", {{"grad_out", &grad_out}});
   check_dim("off", "grad_out", grad_out, 5, "(N, T-stride, 3C, H, W)");
   check_float_dtype("off", "grad_out", grad_out);
   check_nonempty("off", "grad_out", grad_out);
   TORCH_CHECK_VALUE(grad_out.size(2) % 3 == 0,
                     "fgreid_ops.off: expected grad_out to have 3C channels, got ", grad_out.size(2));
   TORCH_CHECK_VALUE(stride >= 1, "fgreid_ops.off: expected stride >= 1, got ", stride);
-  // grad_x has T = grad_out.size(1) + stride frames: its element count must fit in int64.
-  const int64_t per_frame = grad_out.size(0) * (grad_out.size(2) / 3) * grad_out.size(3) * grad_out.size(4);
-  TORCH_CHECK_VALUE(stride <= std::numeric_limits<int64_t>::max() / per_frame - grad_out.size(1),
-                    "fgreid_ops.off: expected stride small enough for grad_x (T = ", grad_out.size(1),
-                    " + stride frames) to be addressable, got ", stride);
+  // grad_x has T = grad_out.size(1) + stride frames: an output whose size grows with an int
+  // argument, not with the inputs. A stride that makes it larger than any address space holds is
+  // an error naming stride, before anything is allocated.
+  const int64_t frame = grad_out.size(0) * (grad_out.size(2) / 3) * grad_out.size(3) * grad_out.size(4);
+  const int64_t max_stride = kMaxTensorBytes / grad_out.element_size() / frame - grad_out.size(1);
+  TORCH_CHECK_VALUE(stride <= max_stride, "fgreid_ops.off: expected stride <= ", max_stride,
+                    " (grad_x of T = ", grad_out.size(1), " + stride frames under 2^48 bytes), got ", stride);
 }
 
 // Strides of one tensor viewed as [B0, B1, C, H, W].

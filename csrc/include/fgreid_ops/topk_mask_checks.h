@@ -9,6 +9,7 @@
 namespace fgreid_ops {
 
 inline void check_topk_mask_inputs(const at::Tensor& f1, const at::Tensor& f2, int64_t k) {
+  check_defined("topk_mask", {{"f1", &f1}, {"f2", &f2}});
   check_dim("topk_mask", "f1", f1, 4, "(N, C, H, W)");
   check_float_dtype("topk_mask", "f1", f1);
   check_same_device("topk_mask", "f2", f2, "f1", f1);
@@ -24,6 +25,7 @@ inline void check_topk_mask_inputs(const at::Tensor& f1, const at::Tensor& f2, i
 // grad_out [N, C, H, W] (or [N, C], the gradient of the pooled output, with pool) and the mask
 // [N, 1, H, W] the forward returned.
 inline void check_topk_mask_backward_inputs(const at::Tensor& grad_out, const at::Tensor& mask, bool pool) {
+  check_defined("topk_mask_backward", {{"grad_out", &grad_out}, {"mask", &mask}});
   if (pool) {
     check_dim("topk_mask_backward", "grad_out", grad_out, 2, "(N, C)");
   } else {
