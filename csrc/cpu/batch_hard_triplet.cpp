@@ -335,13 +335,40 @@ FGREID_CPU_CLONES acc_t squared_difference(const acc_t* x, const acc_t* y, int64
   return total.total();
 }
 
+// |x|^2, |y|^2, x.y and |x - y|^2 in one pass over D (each summed as `dot` and
+// `squared_difference` sum it): four independent accumulators instead of four dependent loops.
+template <typename acc_t>
+struct PairSums {
+  acc_t xx, yy, xy, diff;
+};
+
+template <typename acc_t>
+FGREID_CPU_CLONES PairSums<acc_t> pair_sums(const acc_t* x, const acc_t* y, int64_t D) {
+  CascadeSum<acc_t> xx, yy, xy, diff;
+  for (int64_t k0 = 0; k0 < D; k0 += kSumBlock) {
+    const int64_t n = std::min(kSumBlock, D - k0);
+    acc_t sxx = 0, syy = 0, sxy = 0, sdiff = 0;
+#pragma omp simd reduction(+ : sxx, syy, sxy, sdiff)
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t a = x[k0 + k], b = y[k0 + k];
+      sxx += a * a;
+      syy += b * b;
+      sxy += a * b;
+      sdiff += (a - b) * (a - b);
+    }
+    xx.add(sxx), yy.add(syy), xy.add(sxy), diff.add(sdiff);
+  }
+  return {xx.total(), yy.total(), xy.total(), diff.total()};
+}
+
 // A pair whose search key |a|^2 + |b|^2 - 2 a.b is NaN (an inf or NaN entry, or an overflow) was
 // selected as NaN, and its distance is NaN as in the dense formula, whatever |a - b|^2 gives.
 template <typename acc_t>
 acc_t pair_distance(const acc_t* x, const acc_t* y, int64_t D, TripletDistance distance) {
   if (distance == TripletDistance::kCosine) return acc_t(1) - dot(x, y, D);
-  const acc_t s = squared_difference(x, y, D);
-  const acc_t key = dot(x, x, D) + dot(y, y, D) - acc_t(2) * dot(x, y, D);
+  const PairSums<acc_t> sums = pair_sums(x, y, D);
+  const acc_t s = sums.diff;
+  const acc_t key = sums.xx + sums.yy - acc_t(2) * sums.xy;
   if (key != key) return key;
   if (distance == TripletDistance::kSqEuclidean) return s;
   return std::sqrt(s < acc_t(1e-12) ? acc_t(1e-12) : s);  // NaN stays NaN
