@@ -14,6 +14,8 @@ import torch
 import fgreid_ops
 from fgreid_ops.reference.batch_hard_triplet import batch_hard_triplet_reference
 
+from helpers import requires_cuda
+
 ops = torch.ops.fgreid
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -322,6 +324,51 @@ def test_topk_mask_pooled_selects_as_unpooled_over_long_channels():
     _, pooled_mask = ops.topk_mask(f1, f1, 1, True)
     assert mask.flatten().tolist() == [1, 1, 1, 0]
     assert torch.equal(pooled_mask, mask)
+
+
+# The same long sums on the GPU kernels (CUDA C++ and Triton; bench/gpu_check.py runs them): the
+# Triton interpreter is too slow for 2^26 terms on CPU.
+GPU_BACKENDS = [pytest.param(b, marks=[requires_cuda, pytest.mark.cuda]) for b in ("cuda", "triton")]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gem_over_a_long_row_keeps_float32_accuracy_on_gpu(backend):
+    x = torch.rand(1, 1, 2**13, 2**13, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.6
+    y = fgreid_ops.gem(x.cuda(), 3.0, backend=backend)
+    torch.testing.assert_close(y.double().cpu().flatten(), _gem_float64(x, 3.0).flatten(), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_topk_mask_pooled_mean_over_a_long_plane_on_gpu(backend):
+    # one channel, k = H W: the pooled output is the plane's mean, one sum of 2^26 terms
+    f = torch.rand(1, 1, 2**13, 2**13, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.6
+    op = ops.topk_mask if backend == "cuda" else ops.topk_mask_triton
+    pooled, _ = op(f.cuda(), f.cuda(), LONG, True)
+    want = sum(chunk.double().sum() for chunk in f.flatten().split(2**22)) / LONG
+    torch.testing.assert_close(pooled.double().cpu().flatten(), want.reshape(1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_mask_upsample_mul_grad_mask_over_long_channels_on_gpu():
+    feat = torch.rand(1, LONG, 1, 1, generator=torch.Generator().manual_seed(0)) * 0.2 + 0.6
+    grad_out = torch.ones(1, 1, 1, 1).expand(feat.shape)
+    _, grad_mask = ops.mask_upsample_mul_backward(grad_out.cuda(), feat.cuda(), torch.full((1, 1, 1, 1), 0.5).cuda(),
+                                                  "nearest", False, False, True)
+    want = sum(chunk.double().sum() for chunk in feat.flatten().split(2**22))
+    torch.testing.assert_close(grad_mask.double().cpu().flatten(), want.reshape(1), rtol=1e-5, atol=0)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_triplet_distance_over_a_long_embedding_on_triton_gpu():
+    g = torch.Generator().manual_seed(0)
+    emb, ref = torch.rand(1, LONG, generator=g) + 1.0, torch.rand(1, LONG, generator=g)
+    _, d_an, _, idx_n = ops.batch_hard_triplet_mine_triton(emb.cuda(), torch.tensor([0]).cuda(), ref.cuda(),
+                                                           torch.tensor([1]).cuda(), "sqeuclidean")
+    assert idx_n.tolist() == [0]
+    want = sum((a.double() - b.double()).pow(2).sum() for a, b in zip(emb.split(2**22, 1), ref.split(2**22, 1)))
+    torch.testing.assert_close(d_an.double().cpu(), want.reshape(1), rtol=1e-5, atol=0)
 
 
 # --- independence of ATen's CPU capability -------------------------------------------------------------

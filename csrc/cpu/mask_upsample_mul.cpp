@@ -215,12 +215,31 @@ struct Resize {
     }
   }
 
-  // Adjoint of the x-resize for one row: t[j] = sum_x [i(x) = j] w(x) g[x], x in order.
+  // Adjoint of the x-resize for one row: t[j] = sum_x [i(x) = j] w(x) g[x], x in order. A
+  // cell read by more than kSumBlock columns sums in blocks; the common few taps take the plain
+  // loop (the same result, without BlockedSum's per-term bookkeeping in this hot loop).
   void row_adjoint(const acc_t* g, acc_t* t) const {
+    if (W <= w) {
+      // Downsampling: a cell gets at most a few taps, and walking the cells cost more than the
+      // taps. Scattered in x order, each t[j] adds the same terms in the same order.
+      std::fill(t, t + w, acc_t(0));
+      for (int64_t x = 0; x < W; ++x) {
+        t[xs.i0[x]] += xs.w0[x] * g[x];
+        if (linear) t[xs.i1[x]] += xs.w1[x] * g[x];
+      }
+      return;
+    }
     for (int64_t j = 0; j < w; ++j) {
-      BlockedSum<acc_t> sum;
-      for (int64_t k = tap_start[j]; k < tap_start[j + 1]; ++k) sum.add(tap_w[k] * g[tap_x[k]]);
-      t[j] = sum.total();
+      const int64_t lo = tap_start[j], hi = tap_start[j + 1];
+      if (hi - lo <= kSumBlock) {
+        acc_t sum = 0;
+        for (int64_t k = lo; k < hi; ++k) sum += tap_w[k] * g[tap_x[k]];
+        t[j] = sum;
+      } else {
+        BlockedSum<acc_t> sum;
+        for (int64_t k = lo; k < hi; ++k) sum.add(tap_w[k] * g[tap_x[k]]);
+        t[j] = sum.total();
+      }
     }
   }
 
