@@ -1,10 +1,10 @@
-// Outputs that the CPU kernels write whole: a large fresh buffer is faulted in page by page on its
-// first write, and on the machines measured those 4 KiB faults cost more
-// than the kernel itself (off's 48 MB forward output: 58% of the time in the kernel's fault
-// path, and two threads contend for it). Advising transparent huge pages on the buffer's
-// 2 MiB-aligned interior makes that 512x fewer faults; this is what PyTorch does for every
-// allocation under THP_MEM_ALLOC_ENABLE=1. Only a hint: with THP off the call fails and nothing
-// changes. The buffer is overwritten entirely, so huge pages add no resident memory.
+// Outputs that the CPU kernels write whole: a large fresh buffer is faulted in page by page on
+// its first write, and on the machines measured those 4 KiB faults cost more than the kernel
+// itself (off's 48 MB forward output: 58% of the time in the kernel's fault path, and two threads
+// contend for it). Advising transparent huge pages on the buffer's 2 MiB-aligned interior makes
+// that 512x fewer faults; this is what PyTorch does for every allocation under
+// THP_MEM_ALLOC_ENABLE=1. Only a hint: with THP off the call fails and nothing changes. The
+// buffer is overwritten entirely, so huge pages add no resident memory.
 #pragma once
 
 #include <ATen/core/Tensor.h>
