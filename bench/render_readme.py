@@ -84,7 +84,11 @@ def rerank_section(results_dir=RESULTS):
     for row in data["rows"]:
         shape = f"{row['Q']:,} × {row['G']:,}, {row['D']}"
         if row["status"] == "ok":
-            cells = [f"{row['seconds']:.1f}", f"{row['peak_rss_bytes'] / 1e9:.2f} GB", f"{row['metrics']['mAP']:.4f}"]
+            seconds = f"{row['seconds']:.1f}"
+            if "stages" in row:  # fgreid-stages: kNN, sparse and one blend walk, no evaluation
+                seconds += " (" + ", ".join(f"{k} {v:.1f}" for k, v in row["stages"].items()) + ")"
+            mAP = f"{row['metrics']['mAP']:.4f}" if "metrics" in row else "—"
+            cells = [seconds, f"{row['peak_rss_bytes'] / 1e9:.2f} GB", mAP]
         else:
             cells = [f"{row['status']}: {row.get('reason', '')}", "—", "—"]
         taken = "; ".join(x for x in (row.get("time", "")[:16].replace("T", " "), row.get("note", "")) if x)
