@@ -146,7 +146,8 @@ def child(args):
         seconds = time.perf_counter() - start
     elif args.provider == "fgreid-stages":
         stages = {}
-        reranker = Reranker(q, g, *PARAMS.values(), _backend.resolve(KNN, device.type, None), timings=stages)
+        reranker = Reranker(q, g, PARAMS["k1"], PARAMS["k2"], PARAMS["lambda_value"],
+                            _backend.resolve(KNN, device.type, None), timings=stages)
         for _ in reranker.tiles(DEFAULT_MEMORY_BUDGET):
             pass
         sync()

@@ -51,11 +51,15 @@ def console(name: str) -> list[str]:
     return [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())"]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
+def run_unchecked(cmd: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     if not _installed():  # what the editable install's path hook does for `python bench/run.py`
         env["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [env.get("PYTHONPATH")])])
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    result = run_unchecked(cmd)
     assert result.returncode == 0, f"{cmd} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     assert "compiled extension" not in result.stderr, result.stderr  # the kernels loaded
     return result
@@ -146,9 +150,8 @@ def test_evaluate_reranks(trained):
     distmat = fgreid_ops.rerank(feats["q"], feats["g"], **params)
     for e, row in zip(json.load(open(os.path.join(ranks, "ranks.json"))), distmat):
         assert e["distance"] == pytest.approx(row.sort().values[:10].tolist())
-    bad = subprocess.run([*console("fgreid-evaluate"), "--checkpoint", os.path.join(out, "last.pt"), "--rerank",
-                          "--k1", "0"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])})
+    bad = run_unchecked([*console("fgreid-evaluate"), "--checkpoint", os.path.join(out, "last.pt"), "--rerank",
+                         "--k1", "0"])
     assert bad.returncode == 2 and "--rerank: fgreid_ops.evaluate_features: expected k1" in bad.stderr, bad.stderr
 
 
