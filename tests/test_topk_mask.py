@@ -148,6 +148,30 @@ def test_cpu_result_independent_of_thread_count():
     assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layouts", [("contiguous", "contiguous"), ("channels_last", "channels_last"),
+                                     ("channels_last", "contiguous"), ("contiguous", "channels_last")])
+def test_cpu_per_sample_and_channel_parallel_forwards_agree(dtype, layouts):
+    # N >= 4 samples per thread: one sample per task (f2 read while in cache); fewer: the passes
+    # parallel over channels. Both must give the reference's mask and products exactly.
+    f1, f2 = int_inputs((8, 300, 5, 4), dtype, "cpu", seed=11)
+    f1, f2 = to_layout(f1, layouts[0]), to_layout(f2, layouts[1])
+    threads = torch.get_num_threads()
+    try:
+        for k in [0, 3, 20]:
+            results = []
+            for n_threads in (1, 3):  # 8 samples: per sample at 1 thread, channel-parallel at 3
+                torch.set_num_threads(n_threads)
+                for a, b in [(f1, f2), (f2, f2)]:
+                    out, mask = fgreid_ops.topk_mask(a, b, k, backend="cpu")
+                    assert_exact(out, mask, a, b, k)
+                    assert out.stride() == b.stride()
+                    results.append((out, mask))
+            assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(results[:2], results[2:]))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_output_layout_and_dtype(backend, device, layout):

@@ -43,6 +43,8 @@ constexpr int64_t kChannelChunk = 128;
 constexpr int64_t kPositionBlock = 16;
 // Elements per task of the masked multiply (ATen's grain size).
 constexpr int64_t kGrainElements = 32768;
+// Samples per thread from which the forward runs one sample per task (per_sample_forward).
+constexpr int64_t kSamplesPerThread = 4;
 
 // acc[i] += x[c, i] for c < rows, over one NCHW block of rows of length HW.
 template <typename scalar_t, typename acc_t>
@@ -375,6 +377,57 @@ FGREID_CPU_CLONES void masked_channels_add(const scalar_t* x, acc_t m, acc_t* pa
   for (int64_t c = 0; c < C; ++c) part[c] += static_cast<acc_t>(x[c]) * m;
 }
 
+// mask[n] of one sample from f1[n]: the channel sum, then the selection (or all ones for k = 0,
+// all zeros for k >= H*W). `a` and `partial` are the scratch of sample_channel_sum.
+template <typename scalar_t, typename acc_t>
+void sample_mask(const scalar_t* x1, int64_t C, int64_t HW, bool channels_last, int64_t k, acc_t* a, acc_t* partial,
+                 scalar_t* m) {
+  if (k > 0 && k < HW) {
+    sample_channel_sum(x1, C, HW, channels_last, a, partial);
+    select_row(a, HW, k, m);
+  } else {
+    std::fill(m, m + HW, scalar_t(k == 0 ? 1 : 0));
+  }
+}
+
+// The scratch of sample_mask for one task.
+template <typename acc_t>
+struct SampleMaskScratch {
+  std::vector<acc_t> a, partial;
+  SampleMaskScratch(int64_t C, int64_t HW, bool channels_last, int64_t k)
+      : a(k > 0 && k < HW ? HW : 0),
+        partial(k > 0 && k < HW && !channels_last ? (C + kChannelChunk - 1) / kChannelChunk * HW : 0) {}
+};
+
+// out = f2 * mask, one sample per task: the channel sum of f1[n], the selection and the masked
+// copy of f2[n] run back to back, so f2[n] is read from cache when it is f1[n] (as in CUHS): one
+// pass over memory for the two reads. The same sums, selection and products as build_mask and
+// masked_multiply, which the op takes when there are too few samples to share out.
+template <typename scalar_t>
+void per_sample_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::Tensor& mask, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = f2.size(0), C = f2.size(1), HW = f2.size(2) * f2.size(3);
+  const bool f1_last = is_channels_last_4d(f1), f2_last = is_channels_last_4d(f2);
+  const scalar_t* x1 = f1.const_data_ptr<scalar_t>();
+  const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
+  scalar_t* md = mask.mutable_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    SampleMaskScratch<acc_t> scratch(C, HW, f1_last, k);
+    for (int64_t n = begin; n < end; ++n) {
+      scalar_t* m = md + n * HW;
+      sample_mask(x1 + n * C * HW, C, HW, f1_last, k, scratch.a.data(), scratch.partial.data(), m);
+      const scalar_t* x = x2 + n * C * HW;
+      scalar_t* o = od + n * C * HW;
+      if (f2_last) {
+        for (int64_t pos = 0; pos < HW; ++pos) select_scalar(x + pos * C, bits_of(m[pos]) != 0, o + pos * C, C);
+      } else {
+        for (int64_t c = 0; c < C; ++c) select_rows(x + c * HW, m, o + c * HW, HW);
+      }
+    }
+  });
+}
+
 // pooled[n, c] = mean_hw f2[n, c, hw] * mask[n, hw], one sample per task: the channel sum of
 // f1[n], the selection and the masked sums of f2[n] run back to back, while f2[n] is in cache
 // when it is f1[n].
@@ -383,24 +436,17 @@ void pooled_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::T
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = f2.size(0), C = f2.size(1), HW = f2.size(2) * f2.size(3);
   const bool f1_last = is_channels_last_4d(f1), f2_last = is_channels_last_4d(f2);
-  const bool select = k > 0 && k < HW;
   const scalar_t* x1 = f1.const_data_ptr<scalar_t>();
   const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
   scalar_t* md = mask.mutable_data_ptr<scalar_t>();
   scalar_t* od = pooled.mutable_data_ptr<scalar_t>();
   const acc_t hw = static_cast<acc_t>(HW);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> a(select ? HW : 0), partial(select && !f1_last ? (C + kChannelChunk - 1) / kChannelChunk * HW : 0),
-        mf(HW);
-    std::vector<acc_t> sums(f2_last ? C : 0), part(f2_last ? C : 0);
+    SampleMaskScratch<acc_t> scratch(C, HW, f1_last, k);
+    std::vector<acc_t> mf(HW), sums(f2_last ? C : 0), part(f2_last ? C : 0);
     for (int64_t n = begin; n < end; ++n) {
       scalar_t* m = md + n * HW;
-      if (select) {
-        sample_channel_sum(x1 + n * C * HW, C, HW, f1_last, a.data(), partial.data());
-        select_row(a.data(), HW, k, m);
-      } else {
-        std::fill(m, m + HW, scalar_t(k == 0 ? 1 : 0));
-      }
+      sample_mask(x1 + n * C * HW, C, HW, f1_last, k, scratch.a.data(), scratch.partial.data(), m);
       for (int64_t i = 0; i < HW; ++i) mf[i] = static_cast<acc_t>(m[i]);
       const scalar_t* x = x2 + n * C * HW;
       if (!f2_last) {
@@ -455,9 +501,15 @@ std::tuple<at::Tensor, at::Tensor> topk_mask_cpu(const at::Tensor& f1, const at:
     });
     return {t.out, t.mask};
   }
+  // Per sample when every thread gets a few samples; else the passes parallel over channels.
+  const bool per_sample = f2.size(0) >= kSamplesPerThread * at::get_num_threads();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f2.scalar_type(), "topk_mask_cpu", [&] {
-    build_mask<scalar_t>(t.f1, k, t.mask);
-    masked_multiply<scalar_t>(t.f2, t.mask, t.out);
+    if (per_sample) {
+      per_sample_forward<scalar_t>(t.f1, t.f2, k, t.mask, t.out);
+    } else {
+      build_mask<scalar_t>(t.f1, k, t.mask);
+      masked_multiply<scalar_t>(t.f2, t.mask, t.out);
+    }
   });
   return {t.out, t.mask};
 }
