@@ -61,6 +61,8 @@ def _setup(shape, k, dtype, backward, backends, grad="ones", pool=False):
         torch.manual_seed(0)
         f1 = torch.randn(shape, device=device, dtype=dtype)
         f2 = torch.randn(shape, device=device, dtype=dtype).requires_grad_(backward)
+        if pool:  # as CUHS calls it: topk_mask(f_in, f_in, k, pool=True)
+            f1 = f2
         reference, ours = (_pooled_reference, _pooled) if pool else (topk_mask_reference, _topk)
         fns = {"eager": reference, "compile": compiled(reference), **{name: ours(b) for name, b in backends.items()}}
         if not backward:
@@ -96,17 +98,18 @@ def _pooled_cases(device, size):
         configs = [(CUHS_SHAPE, k) for k in (POOL_KS if size == "full" else POOL_KS[:1])]
     out = []
     for shape, k in configs:
-        inputs = {"f1": spec(shape), "f2": spec(shape)}
-        f, mask_bytes, pooled = nbytes(inputs["f1"]), shape[0] * shape[2] * shape[3] * 4, shape[0] * shape[1] * 4
-        note = "pool=True never writes the [N,C,H,W] product (the eager mean writes and re-reads it)"
-        config = _label(shape, k, torch.float32) + " pool"
-        # the least traffic: read f1 and f2, write the [N, C] mean and the mask
+        inputs = {"f_in": spec(shape)}
+        f, mask_bytes, pooled = nbytes(inputs["f_in"]), shape[0] * shape[2] * shape[3] * 4, shape[0] * shape[1] * 4
+        note = ("f1 is f2, as CUHS calls it; pool=True never writes the [N,C,H,W] product (the eager mean "
+                "writes and re-reads it)")
+        config = f"f1=f2=f_in {list(shape)} k={k} pool"
+        # the least traffic: read f_in once, write the [N, C] mean and the mask
         out.append(Case("topk_mask", config, "fwd", inputs, _setup(shape, k, torch.float32, False, our_backends(device),
-                                                                    pool=True), 2 * f + pooled + mask_bytes, note))
+                                                                    pool=True), f + pooled + mask_bytes, note))
         # forward, then read the [N, C] gradient and the mask, write grad_f2
         out.append(Case("topk_mask", config, "fwd+bwd", inputs,
                         _setup(shape, k, torch.float32, True, our_backends(device), pool=True),
-                        3 * f + 2 * pooled + 2 * mask_bytes, note))
+                        2 * f + 2 * pooled + 2 * mask_bytes, note))
     return out
 
 
