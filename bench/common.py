@@ -14,8 +14,8 @@ Providers: "eager" (the plain-PyTorch reference), "compile" (``compiled(referenc
 checks them by calling every provider with the real configs under a spy):
 
 - each provider is ``bound(fn, *inputs)`` or ``bound_backward(fn, *inputs, grad=...)`` (the output
-  gradient: "ones", "gap", "sum", or a dense tensor made once in setup and stated in ``inputs``,
-  e.g. as "grad_out"); ``fn`` calls the op
+  gradient: "ones", "gap", "sum", each built at the first call and kept, or a dense tensor made
+  once in setup and stated in ``inputs``, e.g. as "grad_out"); ``fn`` calls the op
   as ``fgreid_ops.<op>(...)``, a reference from ``fgreid_ops.reference``, a model, or an
   onnxruntime session, on exactly the tensors ``inputs`` names (no other tensor of the case's
   config may be captured);
