@@ -166,10 +166,10 @@ FGREID_CPU_CLONES void fold_columns(const acc_t* key, const int64_t* lcol, int32
                                     int32_t* in) {
 #pragma omp simd
   for (int32_t c = 0; c < n; ++c) {
-    const bool pos = lcol[c] == lr;
+    const bool pos = lcol[c] == lr, neg = !pos;
     const acc_t kp = max_key(key[c]), kn = min_key(key[c]);
     const bool take_p = pos & ((kp > kp_best[c]) | (ip[c] < 0));
-    const bool take_n = !pos & ((kn < kn_best[c]) | (in[c] < 0));
+    const bool take_n = neg & ((kn < kn_best[c]) | (in[c] < 0));
     kp_best[c] = take_p ? kp : kp_best[c];
     ip[c] = take_p ? r : ip[c];
     kn_best[c] = take_n ? kn : kn_best[c];
