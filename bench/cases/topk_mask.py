@@ -73,7 +73,7 @@ def _setup(shape, k, dtype, backward, backends, grad="ones", pool=False):
 
 
 def _label(shape, k, dtype):
-    return f"f1=f2={list(shape)} k={k}" + ("" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]}")
+    return f"f1, f2 {list(shape)} k={k}" + ("" if dtype == torch.float32 else f" {str(dtype).split('.')[-1]}")
 
 
 def _layout_cases(device, size, shape, k, dtype):
