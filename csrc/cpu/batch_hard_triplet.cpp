@@ -249,6 +249,17 @@ void mine_symmetric(const MineProblem<acc_t>& pb, int64_t* idx_p, int64_t* idx_n
   }
   std::vector<Best<acc_t>> partial(n_blocks * B);  // [source block][anchor]
 
+  if (n_blocks == 1) {
+    // One tile (B <= 64): its product runs outside a parallel region, so that the GEMM itself
+    // uses the threads, then the rows are folded in parallel. Same keys, same folds.
+    std::vector<acc_t> keys(B * B);
+    pb.key_tile(0, B, 0, B, keys.data());
+    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) fold_row(keys.data() + r * B, pb.lb, B, pb.la[r], 0, partial[r]);
+    });
+    for (int64_t i = 0; i < B; ++i) idx_p[i] = partial[i].idx_p, idx_n[i] = partial[i].idx_n;
+    return;
+  }
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> keys(block * block), col_kp(block), col_kn(block);
     std::vector<int32_t> col_ip(block), col_in(block);
