@@ -301,12 +301,10 @@ struct Resize {
   }
 };
 
-// In the tile loops below, the acc_t tile (m, acc) may be one lane of interleaved tiles (see
-// use_lane_blocks): value k at k * Lanes.
-template <int64_t Lanes = 1, typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void mul_tile(const scalar_t* f, const acc_t* m, scalar_t* out, int64_t n) {
 #pragma omp simd
-  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(static_cast<acc_t>(f[k]) * m[k * Lanes]);
+  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(static_cast<acc_t>(f[k]) * m[k]);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -317,32 +315,32 @@ FGREID_CPU_CLONES acc_t dot_tile(const scalar_t* f, const acc_t* m, int64_t n) {
   return sum;
 }
 
-template <int64_t Lanes = 1, typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void scale_tile(acc_t coef, const acc_t* m, scalar_t* out, int64_t n) {
 #pragma omp simd
-  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(coef * m[k * Lanes]);
+  for (int64_t k = 0; k < n; ++k) out[k] = static_cast<scalar_t>(coef * m[k]);
 }
 
 // acc[k] (+)= g[k] * f[k]; `first` overwrites, so the sum over channels needs no zeroing pass.
-template <int64_t Lanes = 1, typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void mul_acc_tile(const scalar_t* g, const scalar_t* f, acc_t* acc, int64_t n, bool first) {
   if (first) {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) acc[k * Lanes] = static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
+    for (int64_t k = 0; k < n; ++k) acc[k] = static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
   } else {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) acc[k * Lanes] += static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
+    for (int64_t k = 0; k < n; ++k) acc[k] += static_cast<acc_t>(g[k]) * static_cast<acc_t>(f[k]);
   }
 }
 
-template <int64_t Lanes = 1, typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t>
 FGREID_CPU_CLONES void axpy_tile(acc_t coef, const scalar_t* f, acc_t* acc, int64_t n, bool first) {
   if (first) {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) acc[k * Lanes] = coef * static_cast<acc_t>(f[k]);
+    for (int64_t k = 0; k < n; ++k) acc[k] = coef * static_cast<acc_t>(f[k]);
   } else {
 #pragma omp simd
-    for (int64_t k = 0; k < n; ++k) acc[k * Lanes] += coef * static_cast<acc_t>(f[k]);
+    for (int64_t k = 0; k < n; ++k) acc[k] += coef * static_cast<acc_t>(f[k]);
   }
 }
 
@@ -543,10 +541,8 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   // grad_feat there and returns G (summed over those channels, in order, in blocks of kSumBlock
   // channels combined pairwise in `channel_blocks`) in `g_sum`. `buf` holds a gathered tile of
   // grad_out when its planes are neither dense nor constant.
-  // With Lanes > 1 (one channel, c1 = c0 + 1), m and g_sum point at its lane of interleaved tiles.
-  const auto tile_pass = [&]<int64_t Lanes = 1>(int64_t n, int64_t c0, int64_t c1, int64_t y0, int64_t y1,
-                                                const acc_t* m, acc_t* g_sum, scalar_t* buf,
-                                                CascadeSums<acc_t>& channel_blocks) {
+  const auto tile_pass = [&](int64_t n, int64_t c0, int64_t c1, int64_t y0, int64_t y1, const acc_t* m,
+                             acc_t* g_sum, scalar_t* buf, CascadeSums<acc_t>& channel_blocks) {
     const int64_t len = (y1 - y0) * W;
     for (int64_t c = c0; c < c1; ++c) {
       const bool first = (c - c0) % kSumBlock == 0;
@@ -555,12 +551,12 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
       if (constant) {
         const acc_t v = static_cast<acc_t>(*planes.plane(n, c));
         const acc_t coef = pool ? v * inv_hw : v;
-        if (gfd) scale_tile<Lanes>(coef, m, gfd + offset, len);
-        if (gmd) axpy_tile<Lanes>(coef, fd + offset, g_sum, len, first);
+        if (gfd) scale_tile(coef, m, gfd + offset, len);
+        if (gmd) axpy_tile(coef, fd + offset, g_sum, len, first);
       } else {
         const scalar_t* g = planes.rows(n, c, y0, y1, buf);
-        if (gfd) mul_tile<Lanes>(g, m, gfd + offset, len);
-        if (gmd) mul_acc_tile<Lanes>(g, fd + offset, g_sum, len, first);
+        if (gfd) mul_tile(g, m, gfd + offset, len);
+        if (gmd) mul_acc_tile(g, fd + offset, g_sum, len, first);
       }
     }
     if (gmd && c1 - c0 > kSumBlock) {
@@ -619,10 +615,13 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     std::vector<scalar_t> buf(gather ? tile_cap : 0);
     CascadeSums<acc_t> unused(0);  // one channel per plane: no channel blocks
     ColumnAdjointSums<acc_t> sums(gmd ? h : 0, W);
-    // The lane blocks' interleaved masks, tile, G, u and grad_mask; their tiles are smaller
-    // (lane_rows), to stay in L1 (the backward's results do not depend on the tiling).
-    std::vector<acc_t> lane_masks(lanes && gfd ? h * w * L : 0), lane_tile(lanes && gfd ? lane_rows * W * L : 0),
-        lane_g(lanes && gmd ? lane_rows * W * L : 0), lane_u(lanes && gmd ? h * W * L : 0),
+    // The lane blocks' interleaved masks, tile, G, u and grad_mask, and their tiles and G one plane
+    // after another (`plane_tiles`, `plane_g`), for tile_pass. Their tiles are smaller (lane_rows),
+    // to stay in L1 (the backward's results do not depend on the tiling).
+    const int64_t lane_tile_cap = lane_rows * W * L;
+    std::vector<acc_t> lane_masks(lanes && gfd ? h * w * L : 0), lane_tile(lanes && gfd ? lane_tile_cap : 0),
+        plane_tiles(lanes && gfd ? lane_tile_cap : 0), lane_g(lanes && gmd ? lane_tile_cap : 0),
+        plane_g(lanes && gmd ? lane_tile_cap : 0), lane_u(lanes && gmd ? h * W * L : 0),
         lane_t(lanes && gmd ? h * w * L : 0);
     ColumnAdjointSums<acc_t> lane_sums(lanes && gmd ? h : 0, W * L), lane_row_sums(lanes && gmd ? w : 0, L);
 
@@ -634,14 +633,20 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
         lane_sums.start(lane_u.data());
       }
       for (int64_t y0 = 0; y0 < H; y0 += lane_rows) {
-        const int64_t y1 = std::min(H, y0 + lane_rows);
-        if (gfd) rs.template fill_direct<L>(lane_masks.data(), lane_block_nested(rs, c0), y0, y1, lane_tile.data());
-        for (int64_t l = 0; l < L; ++l) {
-          const acc_t* m = gfd ? lane_tile.data() + l : nullptr;
-          acc_t* g_lane = gmd ? lane_g.data() + l : nullptr;
-          tile_pass.template operator()<L>(n, c0 + l, c0 + l + 1, y0, y1, m, g_lane, buf.data(), unused);
+        const int64_t y1 = std::min(H, y0 + lane_rows), len = (y1 - y0) * W;
+        if (gfd) {
+          rs.template fill_direct<L>(lane_masks.data(), lane_block_nested(rs, c0), y0, y1, lane_tile.data());
+          deinterleave<L>(lane_tile.data(), len, plane_tiles.data(), len);
         }
-        if (gmd) rs.col_adjoint_rows(lane_g.data(), y0, y1, W * L, lane_sums);
+        for (int64_t l = 0; l < L; ++l) {
+          const acc_t* m = gfd ? plane_tiles.data() + l * len : nullptr;
+          acc_t* g = gmd ? plane_g.data() + l * len : nullptr;
+          tile_pass(n, c0 + l, c0 + l + 1, y0, y1, m, g, buf.data(), unused);
+        }
+        if (gmd) {
+          interleave<L>(plane_g.data(), len, len, lane_g.data());
+          rs.col_adjoint_rows(lane_g.data(), y0, y1, W * L, lane_sums);
+        }
       }
       if (!gmd) return;
       lane_sums.finish();
