@@ -608,7 +608,7 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
   const ChannelTasks tasks = channel_tasks(rs, N, C, Cm);
   const int64_t per_item = tasks.per_item();
   const bool lanes = tasks.width > 1;
-  const int64_t lane_rows = std::max<int64_t>(1, kTileElems / (W * L));
+  const int64_t lane_rows = std::clamp<int64_t>(kTileElems / (W * L), 1, H);
   at::parallel_for(0, N * per_item, grain(tasks.width * HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
         u(gmd ? h * W : 0);
