@@ -174,7 +174,7 @@ LANE_SIZES = [(7, 7, 14, 14), (28, 28, 14, 14), *SIZES, (1, 4096, 1, 1)]  # the 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
 @pytest.mark.parametrize("size", LANE_SIZES, ids=str)
-def test_cpu_lane_blocks_match_one_plane_at_a_time(dtype, mode, pool, size):
+def test_cpu_lane_blocks_forward_backward_match_one_plane_at_a_time(dtype, mode, pool, size):
     H, W, h, w = size
     C = 21  # one float32 lane block (two float64 ones), then 5 channels one by one
     feat, mask = make_inputs(2, C, H, W, h, w, True, dtype, "cpu")
