@@ -164,6 +164,43 @@ def test_hypothesis_sizes_modes_pool(backend, device, n, c, H, W, h, w, per_chan
     assert_close(gm, gmr, dtype, grad=True)
 
 
+# A per-channel mask with at least 16 float32 (8 float64) channels takes the CPU kernel's lane
+# blocks on small planes (csrc/cpu/mask_upsample_mul.cpp, use_lane_blocks): 16 or 8 planes at a
+# time, the channels left over one by one; each plane's result must be the one-by-one path's.
+LANE_SIZES = [(7, 7, 14, 14), (28, 28, 14, 14), *SIZES, (1, 4096, 1, 1)]  # the last: 8192 x-taps per cell
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pool", [False, True], ids=["map", "pool"])
+@pytest.mark.parametrize("size", LANE_SIZES, ids=str)
+def test_cpu_lane_blocks_forward_backward_match_one_plane_at_a_time(dtype, mode, pool, size):
+    H, W, h, w = size
+    C = 21  # one float32 lane block (two float64 ones), then 5 channels one by one
+    feat, mask = make_inputs(2, C, H, W, h, w, True, dtype, "cpu")
+    feat = feat.abs()  # positive terms: the long sums do not cancel, so the float64 comparison stays tight
+    mask = mask.contiguous(memory_format=torch.channels_last)  # ATen's four-tap formula at every size
+    grad = torch.rand((2, C) if pool else (2, C, H, W), generator=torch.Generator().manual_seed(1), dtype=dtype) + 0.5
+    backward = torch.ops.fgreid.mask_upsample_mul_backward
+    out = fgreid_ops.mask_upsample_mul(feat, mask, mode, pool, backend="cpu")
+    grad_feat, grad_mask = backward(grad, feat, mask, mode, pool, True, True)
+    fr, mr = feat.double().requires_grad_(), mask.double().requires_grad_()
+    want = mask_upsample_mul_reference(fr, mr, mode, pool)
+    grad_feat_want, grad_mask_want = torch.autograd.grad(want, (fr, mr), grad.double())
+    assert_close(out, want.detach(), dtype)
+    assert_close(grad_feat, grad_feat_want, dtype, grad=True)
+    assert_close(grad_mask, grad_mask_want, dtype, grad=True)
+    # 7 channels per call: all one by one. The mask gradient does not depend on the mask, nor
+    # nearest on ATen's four-tap order (which follows the channel's place among C): bit for bit.
+    chunks = [backward(grad[:, c:c + 7], feat[:, c:c + 7], mask[:, c:c + 7], mode, pool, True, True)
+              for c in range(0, C, 7)]
+    assert torch.equal(grad_mask, torch.cat([gm for _, gm in chunks], 1))
+    if mode == "nearest":
+        assert torch.equal(grad_feat, torch.cat([gf for gf, _ in chunks], 1))
+        parts = [fgreid_ops.mask_upsample_mul(feat[:, c:c + 7], mask[:, c:c + 7], mode, pool) for c in range(0, C, 7)]
+        assert torch.equal(out, torch.cat(parts, 1))
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 def _inputs(feat_shape=(2, 3, 4, 4), mask_shape=(2, 1, 2, 2), mode="bilinear", feat_dtype=torch.float32,

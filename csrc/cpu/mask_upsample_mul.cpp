@@ -7,7 +7,8 @@
 // applied to a block of channels. Where ATen's CPU kernel sums four weighted taps instead (small
 // outputs), so does the tile. The backward recomputes the tile; the mask gradient is the adjoint
 // of the resize, accumulated in a fixed order (a shared mask: channels, x, y; a per-channel mask:
-// y, then x) whatever the thread count, so it is deterministic.
+// y, then x) whatever the thread count, so it is deterministic. Small planes of a per-channel mask
+// go 16 float32 planes at a time, interleaved, each with the arithmetic it gets alone (use_lane_blocks).
 // feat is read as contiguous NCHW (other layouts are copied first); out and grad_feat are contiguous.
 // grad_out is read through its strides: a plane that is one value (the expanded gradient of
 // .mean((2, 3)) or .sum()) takes the pool path's per-plane coefficient, other layouts are gathered
@@ -22,8 +23,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fgreid_ops/blocked_sum.h"
@@ -79,19 +83,30 @@ FGREID_CPU_CLONES void resize_row(const acc_t* src, const int64_t* i0, const int
 
 // ATen's small-output kernel: dst[x] = r0[i0] w00 + r0[i1] w01 + r1[i0] w10 + r1[i1] w11 with the
 // weights multiplied first (w00 = wy0 * wx0, ...), summed left to right in its scalar loop and
-// right to left (`nested`) in its vectorized loop over channels.
-template <typename acc_t>
+// right to left (`nested`) in its vectorized loop over channels. With Lanes > 1 the rows hold
+// Lanes interleaved planes (see use_lane_blocks), and each lane gets what Lanes = 1 computes.
+template <int64_t Lanes, typename acc_t>
 FGREID_CPU_CLONES void four_taps(const acc_t* r0, const acc_t* r1, acc_t wy0, acc_t wy1, const int64_t* i0,
                                  const int64_t* i1, const acc_t* w0, const acc_t* w1, acc_t* dst, int64_t n,
                                  bool nested) {
   for (int64_t x = 0; x < n; ++x) {
     const acc_t w00 = wy0 * w0[x], w01 = wy0 * w1[x], w10 = wy1 * w0[x], w11 = wy1 * w1[x];
-    const acc_t a = r0[i0[x]], b = r0[i1[x]], c = r1[i0[x]], d = r1[i1[x]];
+    const acc_t *a = r0 + i0[x] * Lanes, *b = r0 + i1[x] * Lanes, *c = r1 + i0[x] * Lanes, *d = r1 + i1[x] * Lanes;
+    acc_t* out = dst + x * Lanes;
     // Both forms as ATen's AVX2 build contracts them, spelled out: which product of a sum gcc
     // fuses into an FMA otherwise depends on the surrounding code. (Without hardware FMA, the
     // default clone calls libm's fma; ATen's non-AVX2 kernels round differently anyway.)
-    dst[x] = nested ? std::fma(a, w00, std::fma(b, w01, std::fma(d, w11, c * w10)))
-                    : std::fma(d, w11, std::fma(c, w10, std::fma(a, w00, b * w01)));
+    if (nested) {
+#pragma omp simd
+      for (int64_t l = 0; l < Lanes; ++l) {
+        out[l] = std::fma(a[l], w00, std::fma(b[l], w01, std::fma(d[l], w11, c[l] * w10)));
+      }
+    } else {
+#pragma omp simd
+      for (int64_t l = 0; l < Lanes; ++l) {
+        out[l] = std::fma(d[l], w11, std::fma(c[l], w10, std::fma(a[l], w00, b[l] * w01)));
+      }
+    }
   }
 }
 
@@ -199,19 +214,34 @@ struct Resize {
   // tile[(y - y0) * W + x] = up(mask)[y, x] for y in [y0, y1), from hz (or the plane itself).
   // `channel` is the plane's channel in the mask, which decides ATen's summation order.
   void fill_tile(const acc_t* plane, int64_t channel, const acc_t* hz, int64_t y0, int64_t y1, acc_t* tile) const {
+    if (four_tap) return fill_direct<1>(plane, channel < vector_channels, y0, y1, tile);
     for (int64_t y = y0; y < y1; ++y) {
       acc_t* dst = tile + (y - y0) * W;
-      if (four_tap) {
-        four_taps(plane + ys.i0[y] * w, plane + ys.i1[y] * w, ys.w0[y], ys.w1[y], xs.i0.data(), xs.i1.data(),
-                  xs.w0.data(), xs.w1.data(), dst, W, channel < vector_channels);
-        continue;
-      }
       const acc_t* a = hz + ys.i0[y] * W;
       if (linear) {
         blend(a, hz + ys.i1[y] * W, ys.w0[y], ys.w1[y], dst, W);
       } else {
         std::copy(a, a + W, dst);
       }
+    }
+  }
+
+  // Whether fill_direct computes the resize: the four-tap sum and nearest read the plane itself.
+  bool direct() const { return four_tap || !linear; }
+
+  // fill_tile for Lanes interleaved planes (value k of lane l at k * Lanes + l) where direct():
+  // each lane gets its plane's fill_tile. `nested` as four_taps.
+  template <int64_t Lanes>
+  void fill_direct(const acc_t* planes, bool nested, int64_t y0, int64_t y1, acc_t* tile) const {
+    for (int64_t y = y0; y < y1; ++y) {
+      acc_t* dst = tile + (y - y0) * W * Lanes;
+      if (four_tap) {
+        four_taps<Lanes>(planes + ys.i0[y] * w * Lanes, planes + ys.i1[y] * w * Lanes, ys.w0[y], ys.w1[y],
+                         xs.i0.data(), xs.i1.data(), xs.w0.data(), xs.w1.data(), dst, W, nested);
+        continue;
+      }
+      const acc_t* src = planes + ys.i0[y] * w * Lanes;
+      for (int64_t x = 0; x < W; ++x) std::copy_n(src + xs.i0[x] * Lanes, Lanes, dst + x * Lanes);
     }
   }
 
@@ -246,10 +276,27 @@ struct Resize {
   // Adjoint of the y-resize for rows [y0, y1) of rows of length `len` (t holds row y at
   // (y - y0) * len): out[i, :] += sum_y [i(y) = i] w(y) t[y, :], y in order.
   void col_adjoint_rows(const acc_t* t, int64_t y0, int64_t y1, int64_t len, ColumnAdjointSums<acc_t>& out) const {
-    for (int64_t y = y0; y < y1; ++y) {
-      const acc_t* row = t + (y - y0) * len;
-      out.add(ys.w0[y], row, ys.i0[y]);
-      if (linear) out.add(ys.w1[y], row, ys.i1[y]);
+    adjoint_rows(ys, t, y0, y1, len, out);
+  }
+
+  // row_adjoint of Lanes interleaved rows u (W x Lanes) into t (w x Lanes). The terms of each
+  // t[j] come in x order (w0 before w1), row_adjoint's order, in blocks of kSumBlock as there.
+  template <int64_t Lanes>
+  void row_adjoint_lanes(const acc_t* u, acc_t* t, ColumnAdjointSums<acc_t>& sums) const {
+    std::fill_n(t, w * Lanes, acc_t(0));
+    sums.start(t);
+    adjoint_rows(xs, u, 0, W, Lanes, sums);
+    sums.finish();
+  }
+
+ private:
+  // out[i, :] += sum_d [i(d) = i] w(d) t[d, :] over d in [d0, d1), in order, for rows of `len`.
+  void adjoint_rows(const Axis<acc_t>& axis, const acc_t* t, int64_t d0, int64_t d1, int64_t len,
+                    ColumnAdjointSums<acc_t>& out) const {
+    for (int64_t d = d0; d < d1; ++d) {
+      const acc_t* row = t + (d - d0) * len;
+      out.add(axis.w0[d], row, axis.i0[d]);
+      if (linear) out.add(axis.w1[d], row, axis.i1[d]);
     }
   }
 };
@@ -304,6 +351,103 @@ int64_t channel_block(int64_t N, int64_t C) {
   return std::clamp<int64_t>((N * C) / target_tasks, 1, std::min(C, kMaxChannelBlock));
 }
 
+// Planes per lane block: 64 bytes of acc_t, fixed rather than the CPU's vector width, so that
+// which planes take the lane path, like every result, is the same on every CPU.
+template <typename acc_t>
+constexpr int64_t kLanes = 64 / static_cast<int64_t>(sizeof(acc_t));
+
+// A per-channel mask's small planes go kLanes at a time: one plane's rows are a few values, too
+// short for vector loops, so a block of planes is interleaved (value k of plane l at k * kLanes
+// + l) and each step of the per-plane algorithm runs on all of them, lane by lane in the same
+// order: every plane's result is the one the per-plane code gives.
+template <typename acc_t>
+bool use_lane_blocks(const Resize<acc_t>& rs, int64_t Cm) {
+  return Cm >= kLanes<acc_t> && rs.direct() && rs.H * rs.W <= kTileElems && rs.h * rs.w <= kTileElems &&
+         rs.h * rs.W <= kTileElems;
+}
+
+// The (de)interleaving copies move floats in 4 x 4 blocks through vector registers, four loads
+// transposed into four stores; other types, and the tails, go one value at a time.
+using Float4 = float __attribute__((vector_size(16)));
+
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 4.
+FGREID_INLINE void transpose_4x4(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+  Float4 r[4];
+  for (int i = 0; i < 4; ++i) std::memcpy(&r[i], src + i * src_stride, sizeof(Float4));
+  // rows 0 and 1 interleaved (lo: their values 0, 1; hi: 2, 3), likewise rows 2 and 3
+  const Float4 lo01 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5);
+  const Float4 hi01 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
+  const Float4 lo23 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5);
+  const Float4 hi23 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
+  const Float4 columns[4] = {
+      __builtin_shufflevector(lo01, lo23, 0, 1, 4, 5), __builtin_shufflevector(lo01, lo23, 2, 3, 6, 7),
+      __builtin_shufflevector(hi01, hi23, 0, 1, 4, 5), __builtin_shufflevector(hi01, hi23, 2, 3, 6, 7)};
+  for (int j = 0; j < 4; ++j) std::memcpy(dst + j * dst_stride, &columns[j], sizeof(Float4));
+}
+
+// dst[k * L + l] = planes[l * stride + k] for k < len, l < L.
+template <int64_t L, typename T>
+void interleave(const T* planes, int64_t stride, int64_t len, T* dst) {
+  static_assert(L % 4 == 0);
+  int64_t k0 = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; k0 + 4 <= len; k0 += 4) {
+      for (int64_t l = 0; l < L; l += 4) transpose_4x4(planes + l * stride + k0, stride, dst + k0 * L + l, L);
+    }
+  }
+  for (int64_t k = k0; k < len; ++k) {
+    for (int64_t l = 0; l < L; ++l) dst[k * L + l] = planes[l * stride + k];
+  }
+}
+
+// planes[l * stride + k] = src[k * L + l] for k < len, l < L.
+template <int64_t L, typename T>
+void deinterleave(const T* src, int64_t len, T* planes, int64_t stride) {
+  static_assert(L % 4 == 0);
+  int64_t k0 = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; k0 + 4 <= len; k0 += 4) {
+      for (int64_t l = 0; l < L; l += 4) transpose_4x4(src + k0 * L + l, L, planes + l * stride + k0, stride);
+    }
+  }
+  for (int64_t k = k0; k < len; ++k) {
+    for (int64_t l = 0; l < L; ++l) planes[l * stride + k] = src[k * L + l];
+  }
+}
+
+// One batch item's channels as tasks: `wide` tasks of `width` channels (the last may be short),
+// then the channels left over one per task.
+struct ChannelTasks {
+  int64_t C, width, wide;
+
+  int64_t per_item() const { return wide + std::max<int64_t>(0, C - wide * width); }
+  // The channels [c0, c1) of task t of a batch item.
+  std::pair<int64_t, int64_t> channels(int64_t t) const {
+    if (t < wide) return {t * width, std::min(C, (t + 1) * width)};
+    const int64_t c = wide * width + (t - wide);
+    return {c, c + 1};
+  }
+};
+
+// A shared mask plane serves channel blocks; a per-channel mask goes in lane blocks where it
+// can, else one plane per task.
+template <typename acc_t>
+ChannelTasks channel_tasks(const Resize<acc_t>& rs, int64_t N, int64_t C, int64_t Cm) {
+  if (Cm == 1) {
+    const int64_t cb = channel_block(N, C);
+    return {C, cb, (C + cb - 1) / cb};
+  }
+  if (use_lane_blocks(rs, Cm)) return {C, kLanes<acc_t>, C / kLanes<acc_t>};
+  return {C, 1, C};
+}
+
+// A lane block's channels [c0, c0 + kLanes) lie all below Resize::vector_channels (a multiple of
+// ATen's lane count, which divides kLanes, and c0 + kLanes <= C), so they share one four-tap order.
+template <typename acc_t>
+bool lane_block_nested(const Resize<acc_t>& rs, int64_t c0) {
+  return c0 < rs.vector_channels;
+}
+
 // Tasks per chunk so that small inputs run on the calling thread, without a parallel region.
 int64_t grain(int64_t elements_per_task) {
   return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(1, elements_per_task));
@@ -315,36 +459,53 @@ void forward_kernel(const at::Tensor& feat, const at::Tensor& mask, bool linear,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), HW = H * W;
   const int64_t Cm = mask.size(1), h = mask.size(2), w = mask.size(3);
+  constexpr int64_t L = kLanes<acc_t>;
   const Resize<acc_t> rs(h, w, H, W, linear, four_tap, Cm);
-  const int64_t cb = Cm == 1 ? channel_block(N, C) : 1;
-  const int64_t blocks = (C + cb - 1) / cb;
+  const ChannelTasks tasks = channel_tasks(rs, N, C, Cm);
+  const int64_t cb = tasks.width, per_item = tasks.per_item();
+  const bool lanes = Cm > 1 && cb > 1;
   const scalar_t* fd = feat.const_data_ptr<scalar_t>();
   const acc_t* md = mask.const_data_ptr<acc_t>();
   scalar_t* od = out.mutable_data_ptr<scalar_t>();
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(HW);
+  const int64_t tile_cap = std::min(HW, rs.tile_rows * W);
 
-  at::parallel_for(0, N * blocks, grain(cb * HW), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> hz(h * W), tile(std::min(HW, rs.tile_rows * W)), tile_sums(cb);
+  at::parallel_for(0, N * per_item, grain(cb * HW), [&](int64_t begin, int64_t end) {
+    // With lane blocks, `tile` holds the block's L planes' tiles one after another.
+    std::vector<acc_t> hz(h * W), tile(tile_cap * (lanes ? L : 1)), tile_sums(cb);
+    std::vector<acc_t> lane_masks(lanes ? h * w * L : 0), lane_tile(lanes ? tile_cap * L : 0);
     CascadeSums<acc_t> sums(pool ? cb : 0);  // a long plane's tiles are combined pairwise
     const bool one_tile = rs.tile_rows >= H;
     int64_t tile_plane = -1;  // the mask plane whose whole upsampled plane is in `tile`
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / blocks, c0 = (task % blocks) * cb, c1 = std::min(C, c0 + cb);
+      const int64_t n = task / per_item;
+      const auto [c0, c1] = tasks.channels(task % per_item);
+      const bool lane_block = Cm > 1 && c1 - c0 > 1;
       const int64_t plane_index = n * Cm + (Cm == 1 ? 0 : c0);
       const acc_t* plane = md + plane_index * h * w;
-      const bool reuse = one_tile && plane_index == tile_plane;
-      if (!reuse) rs.resize_rows(plane, hz.data());
+      const bool reuse = !lane_block && one_tile && plane_index == tile_plane;
+      if (lane_block) {
+        interleave<L>(plane, h * w, h * w, lane_masks.data());
+      } else if (!reuse) {
+        rs.resize_rows(plane, hz.data());
+      }
       sums.reset();
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows), len = (y1 - y0) * W;
-        if (!reuse) rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
-        tile_plane = plane_index;
+        if (lane_block) {
+          rs.template fill_direct<L>(lane_masks.data(), lane_block_nested(rs, c0), y0, y1, lane_tile.data());
+          deinterleave<L>(lane_tile.data(), len, tile.data(), len);
+        } else if (!reuse) {
+          rs.fill_tile(plane, Cm == 1 ? 0 : c0, hz.data(), y0, y1, tile.data());
+        }
+        tile_plane = lane_block ? -1 : plane_index;
         for (int64_t c = c0; c < c1; ++c) {
+          const acc_t* m = tile.data() + (lane_block ? (c - c0) * len : 0);
           const int64_t offset = (n * C + c) * HW + y0 * W;
           if (pool) {
-            tile_sums[c - c0] = dot_tile(fd + offset, tile.data(), len);
+            tile_sums[c - c0] = dot_tile(fd + offset, m, len);
           } else {
-            mul_tile(fd + offset, tile.data(), od + offset, len);
+            mul_tile(fd + offset, m, od + offset, len);
           }
         }
         if (pool) sums.add(tile_sums.data());
@@ -440,23 +601,76 @@ void backward_kernel(const at::Tensor& grad_out, const at::Tensor& feat, const a
     }
     return;
   }
-  // One mask plane per (n, c): tasks are planes. Here the y-adjoint goes first, as vector axpys
-  // of whole rows into u (h x W), so the scalar x-gather runs over h rows rather than H.
-  at::parallel_for(0, N * C, grain(HW), [&](int64_t begin, int64_t end) {
+  // One mask plane per (n, c): tasks are planes, or lane blocks of planes. Here the y-adjoint goes
+  // first, as vector axpys of whole rows into u (h x W), so the x-gather runs over h rows rather
+  // than H.
+  constexpr int64_t L = kLanes<acc_t>;
+  const ChannelTasks tasks = channel_tasks(rs, N, C, Cm);
+  const int64_t per_item = tasks.per_item();
+  const bool lanes = tasks.width > 1;
+  const int64_t lane_rows = std::clamp<int64_t>(kTileElems / (W * L), 1, H);
+  at::parallel_for(0, N * per_item, grain(tasks.width * HW), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> hz(gfd ? h * W : 0), tile(gfd ? tile_cap : 0), g_sum(gmd ? tile_cap : 0),
         u(gmd ? h * W : 0);
     std::vector<scalar_t> buf(gather ? tile_cap : 0);
     CascadeSums<acc_t> unused(0);  // one channel per plane: no channel blocks
     ColumnAdjointSums<acc_t> sums(gmd ? h : 0, W);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane / C, c = plane % C;
+    // The lane blocks' interleaved masks, tile, G, u and grad_mask, and their tiles and G one plane
+    // after another (`plane_tiles`, `plane_g`), for tile_pass. Their tiles are smaller (lane_rows),
+    // to stay in L1 (the backward's results do not depend on the tiling).
+    const int64_t lane_tile_cap = lane_rows * W * L;
+    std::vector<acc_t> lane_masks(lanes && gfd ? h * w * L : 0), lane_tile(lanes && gfd ? lane_tile_cap : 0),
+        plane_tiles(lanes && gfd ? lane_tile_cap : 0), lane_g(lanes && gmd ? lane_tile_cap : 0),
+        plane_g(lanes && gmd ? lane_tile_cap : 0), lane_u(lanes && gmd ? h * W * L : 0),
+        lane_t(lanes && gmd ? h * w * L : 0);
+    ColumnAdjointSums<acc_t> lane_sums(lanes && gmd ? h : 0, W * L), lane_row_sums(lanes && gmd ? w : 0, L);
+
+    const auto lane_block_pass = [&](int64_t n, int64_t c0) {
+      const int64_t plane0 = n * C + c0;
+      if (gfd) interleave<L>(md + plane0 * h * w, h * w, h * w, lane_masks.data());
+      if (gmd) {
+        std::fill(lane_u.begin(), lane_u.end(), acc_t(0));
+        lane_sums.start(lane_u.data());
+      }
+      for (int64_t y0 = 0; y0 < H; y0 += lane_rows) {
+        const int64_t y1 = std::min(H, y0 + lane_rows), len = (y1 - y0) * W;
+        if (gfd) {
+          rs.template fill_direct<L>(lane_masks.data(), lane_block_nested(rs, c0), y0, y1, lane_tile.data());
+          deinterleave<L>(lane_tile.data(), len, plane_tiles.data(), len);
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const acc_t* m = gfd ? plane_tiles.data() + l * len : nullptr;
+          acc_t* g = gmd ? plane_g.data() + l * len : nullptr;
+          tile_pass(n, c0 + l, c0 + l + 1, y0, y1, m, g, buf.data(), unused);
+        }
+        if (gmd) {
+          interleave<L>(plane_g.data(), len, len, lane_g.data());
+          rs.col_adjoint_rows(lane_g.data(), y0, y1, W * L, lane_sums);
+        }
+      }
+      if (!gmd) return;
+      lane_sums.finish();
+      for (int64_t i = 0; i < h; ++i) {
+        rs.template row_adjoint_lanes<L>(lane_u.data() + i * W * L, lane_t.data() + i * w * L, lane_row_sums);
+      }
+      deinterleave<L>(lane_t.data(), h * w, gmd + plane0 * h * w, h * w);
+    };
+
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / per_item;
+      const auto [c0, c1] = tasks.channels(task % per_item);
+      if (c1 - c0 > 1) {
+        lane_block_pass(n, c0);
+        continue;
+      }
+      const int64_t plane = n * C + c0;
       if (gfd) rs.resize_rows(md + plane * h * w, hz.data());
       std::fill(u.begin(), u.end(), acc_t(0));
       sums.start(u.data());
       for (int64_t y0 = 0; y0 < H; y0 += rs.tile_rows) {
         const int64_t y1 = std::min(H, y0 + rs.tile_rows);
-        if (gfd) rs.fill_tile(md + plane * h * w, c, hz.data(), y0, y1, tile.data());
-        tile_pass(n, c, c + 1, y0, y1, tile.data(), g_sum.data(), buf.data(), unused);
+        if (gfd) rs.fill_tile(md + plane * h * w, c0, hz.data(), y0, y1, tile.data());
+        tile_pass(n, c0, c1, y0, y1, tile.data(), g_sum.data(), buf.data(), unused);
         if (gmd) rs.col_adjoint_rows(g_sum.data(), y0, y1, W, sums);
       }
       if (gmd) {
