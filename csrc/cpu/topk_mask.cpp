@@ -399,74 +399,74 @@ struct SampleMaskScratch {
         partial(k > 0 && k < HW && !channels_last ? (C + kChannelChunk - 1) / kChannelChunk * HW : 0) {}
 };
 
-// out = f2 * mask, one sample per task: the channel sum of f1[n], the selection and the masked
-// copy of f2[n] run back to back, so f2[n] is read from cache when it is f1[n] (as in CUHS): one
-// pass over memory for the two reads. The same sums, selection and products as build_mask and
-// masked_multiply, which the op takes when there are too few samples to share out.
-template <typename scalar_t>
-void per_sample_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::Tensor& mask, at::Tensor& out) {
+// fn(n, mask[n]) for every sample n, one sample per task, right after mask[n] is computed from
+// f1[n]: f2[n] is then read from cache when it is f1[n] (as in CUHS), one pass over memory for
+// the two reads.
+template <typename scalar_t, typename Fn>
+void for_each_sample_mask(const at::Tensor& f1, int64_t k, at::Tensor& mask, const Fn& fn) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t N = f2.size(0), C = f2.size(1), HW = f2.size(2) * f2.size(3);
-  const bool f1_last = is_channels_last_4d(f1), f2_last = is_channels_last_4d(f2);
+  const int64_t N = f1.size(0), C = f1.size(1), HW = f1.size(2) * f1.size(3);
+  const bool f1_last = is_channels_last_4d(f1);
   const scalar_t* x1 = f1.const_data_ptr<scalar_t>();
-  const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
   scalar_t* md = mask.mutable_data_ptr<scalar_t>();
-  scalar_t* od = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     SampleMaskScratch<acc_t> scratch(C, HW, f1_last, k);
     for (int64_t n = begin; n < end; ++n) {
       scalar_t* m = md + n * HW;
       sample_mask(x1 + n * C * HW, C, HW, f1_last, k, scratch.a.data(), scratch.partial.data(), m);
-      const scalar_t* x = x2 + n * C * HW;
-      scalar_t* o = od + n * C * HW;
-      if (f2_last) {
-        for (int64_t pos = 0; pos < HW; ++pos) select_scalar(x + pos * C, bits_of(m[pos]) != 0, o + pos * C, C);
-      } else {
-        for (int64_t c = 0; c < C; ++c) select_rows(x + c * HW, m, o + c * HW, HW);
-      }
+      fn(n, m);
     }
   });
 }
 
-// pooled[n, c] = mean_hw f2[n, c, hw] * mask[n, hw], one sample per task: the channel sum of
-// f1[n], the selection and the masked sums of f2[n] run back to back, while f2[n] is in cache
-// when it is f1[n].
+// out = f2 * mask, one sample per task: the same sums, selection and products as build_mask and
+// masked_multiply, which the op takes when there are too few samples to share out.
+template <typename scalar_t>
+void per_sample_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::Tensor& mask, at::Tensor& out) {
+  const int64_t C = f2.size(1), HW = f2.size(2) * f2.size(3);
+  const bool f2_last = is_channels_last_4d(f2);
+  const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
+  scalar_t* od = out.mutable_data_ptr<scalar_t>();
+  for_each_sample_mask<scalar_t>(f1, k, mask, [&](int64_t n, const scalar_t* m) {
+    const scalar_t* x = x2 + n * C * HW;
+    scalar_t* o = od + n * C * HW;
+    if (f2_last) {
+      for (int64_t pos = 0; pos < HW; ++pos) select_scalar(x + pos * C, bits_of(m[pos]) != 0, o + pos * C, C);
+    } else {
+      for (int64_t c = 0; c < C; ++c) select_rows(x + c * HW, m, o + c * HW, HW);
+    }
+  });
+}
+
+// pooled[n, c] = mean_hw f2[n, c, hw] * mask[n, hw], one sample per task.
 template <typename scalar_t>
 void pooled_forward(const at::Tensor& f1, const at::Tensor& f2, int64_t k, at::Tensor& mask, at::Tensor& pooled) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t N = f2.size(0), C = f2.size(1), HW = f2.size(2) * f2.size(3);
-  const bool f1_last = is_channels_last_4d(f1), f2_last = is_channels_last_4d(f2);
-  const scalar_t* x1 = f1.const_data_ptr<scalar_t>();
+  const int64_t C = f2.size(1), HW = f2.size(2) * f2.size(3);
+  const bool f2_last = is_channels_last_4d(f2);
   const scalar_t* x2 = f2.const_data_ptr<scalar_t>();
-  scalar_t* md = mask.mutable_data_ptr<scalar_t>();
   scalar_t* od = pooled.mutable_data_ptr<scalar_t>();
   const acc_t hw = static_cast<acc_t>(HW);
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    SampleMaskScratch<acc_t> scratch(C, HW, f1_last, k);
-    std::vector<acc_t> mf(HW), sums(f2_last ? C : 0), part(f2_last ? C : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      scalar_t* m = md + n * HW;
-      sample_mask(x1 + n * C * HW, C, HW, f1_last, k, scratch.a.data(), scratch.partial.data(), m);
-      for (int64_t i = 0; i < HW; ++i) mf[i] = static_cast<acc_t>(m[i]);
-      const scalar_t* x = x2 + n * C * HW;
-      if (!f2_last) {
-        for (int64_t c = 0; c < C; ++c) {
-          acc_t sum = 0;
-          for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
-            sum += masked_row_sum(x + c * HW + i0, mf.data() + i0, std::min(kSumBlock, HW - i0));
-          }
-          od[n * C + c] = static_cast<scalar_t>(sum / hw);
+  for_each_sample_mask<scalar_t>(f1, k, mask, [&](int64_t n, const scalar_t* m) {
+    std::vector<acc_t> mf(m, m + HW);
+    const scalar_t* x = x2 + n * C * HW;
+    if (!f2_last) {
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t sum = 0;
+        for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
+          sum += masked_row_sum(x + c * HW + i0, mf.data() + i0, std::min(kSumBlock, HW - i0));
         }
-        continue;
+        od[n * C + c] = static_cast<scalar_t>(sum / hw);
       }
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
-        std::fill(part.begin(), part.end(), acc_t(0));
-        for (int64_t i = i0; i < std::min(HW, i0 + kSumBlock); ++i) masked_channels_add(x + i * C, mf[i], part.data(), C);
-        for (int64_t c = 0; c < C; ++c) sums[c] += part[c];
-      }
-      for (int64_t c = 0; c < C; ++c) od[n * C + c] = static_cast<scalar_t>(sums[c] / hw);
+      return;
     }
+    std::vector<acc_t> sums(C, acc_t(0)), part(C);
+    for (int64_t i0 = 0; i0 < HW; i0 += kSumBlock) {
+      std::fill(part.begin(), part.end(), acc_t(0));
+      for (int64_t i = i0; i < std::min(HW, i0 + kSumBlock); ++i) masked_channels_add(x + i * C, mf[i], part.data(), C);
+      for (int64_t c = 0; c < C; ++c) sums[c] += part[c];
+    }
+    for (int64_t c = 0; c < C; ++c) od[n * C + c] = static_cast<scalar_t>(sums[c] / hw);
   });
 }
 
