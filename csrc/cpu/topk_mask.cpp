@@ -7,9 +7,10 @@
 //      (ties: lower flat index), and mask[n, hw] is 0 there, 1 elsewhere.
 //   3. out = f2 * mask, vectorized over H*W (NCHW) or over C (channels_last), on the bit
 //      patterns: the mask is exactly 0 or 1.
-// With pool, steps 1-3 run per sample and step 3 becomes pooled[n, c] = mean_hw f2 * mask: the
-// product is never written, and f2[n] is still in cache from step 1 when f1 and f2 are the same
-// tensor (as in CUHS). Its backward writes grad_f2 = g[n, c] / (H W) * mask directly.
+// With at least 4 samples per thread (and always with pool) steps 1-3 run per sample, so f2[n] is
+// still in cache from step 1 when f1 and f2 are the same tensor (as in CUHS). With pool step 3
+// becomes pooled[n, c] = mean_hw f2 * mask: the product is never written. Its backward writes
+// grad_f2 = g[n, c] / (H W) * mask directly.
 // Contiguous and channels_last inputs are read in place; other strides are copied first. The
 // gradient is read through its strides (expanded gradients of .mean() or .sum() are not copied).
 #include <ATen/Dispatch.h>
