@@ -385,34 +385,34 @@ FGREID_INLINE void transpose_4x4(const float* src, int64_t src_stride, float* ds
   for (int j = 0; j < 4; ++j) std::memcpy(dst + j * dst_stride, &columns[j], sizeof(Float4));
 }
 
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: floats in whole 4 x 4
+// blocks through transpose_4x4, other types and the edges one value at a time.
+template <typename T>
+void transpose_copy(const T* src, int64_t src_stride, int64_t rows, int64_t cols, T* dst, int64_t dst_stride) {
+  int64_t block_rows = 0, block_cols = 0;  // the extent that whole 4 x 4 blocks cover
+  if constexpr (std::is_same_v<T, float>) {
+    block_rows = rows / 4 * 4, block_cols = cols / 4 * 4;
+    for (int64_t i = 0; i < block_rows; i += 4) {
+      for (int64_t j = 0; j < block_cols; j += 4) {
+        transpose_4x4(src + i * src_stride + j, src_stride, dst + j * dst_stride + i, dst_stride);
+      }
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = i < block_rows ? block_cols : 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+  }
+}
+
 // dst[k * L + l] = planes[l * stride + k] for k < len, l < L.
 template <int64_t L, typename T>
 void interleave(const T* planes, int64_t stride, int64_t len, T* dst) {
-  static_assert(L % 4 == 0);
-  int64_t k0 = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    for (; k0 + 4 <= len; k0 += 4) {
-      for (int64_t l = 0; l < L; l += 4) transpose_4x4(planes + l * stride + k0, stride, dst + k0 * L + l, L);
-    }
-  }
-  for (int64_t k = k0; k < len; ++k) {
-    for (int64_t l = 0; l < L; ++l) dst[k * L + l] = planes[l * stride + k];
-  }
+  transpose_copy(planes, stride, L, len, dst, L);
 }
 
 // planes[l * stride + k] = src[k * L + l] for k < len, l < L.
 template <int64_t L, typename T>
 void deinterleave(const T* src, int64_t len, T* planes, int64_t stride) {
-  static_assert(L % 4 == 0);
-  int64_t k0 = 0;
-  if constexpr (std::is_same_v<T, float>) {
-    for (; k0 + 4 <= len; k0 += 4) {
-      for (int64_t l = 0; l < L; l += 4) transpose_4x4(src + k0 * L + l, L, planes + l * stride + k0, stride);
-    }
-  }
-  for (int64_t k = k0; k < len; ++k) {
-    for (int64_t l = 0; l < L; ++l) planes[l * stride + k] = src[k * L + l];
-  }
+  transpose_copy(src, L, len, L, planes, stride);
 }
 
 // One batch item's channels as tasks: `wide` tasks of `width` channels (the last may be short),
